@@ -1,0 +1,314 @@
+"""Typed pipeline configuration, loaded from YAML and validated once.
+
+A run's configuration is `conf/base.yaml`, then a profile such as `conf/local.yaml` merged over
+it, then `--set section.key=value` overrides from the command line. The merged mapping is
+checked against the dataclasses below: an unknown key, a value of the wrong type or a value
+outside its allowed range raises `ConfigError` naming the key, the value, the file it came
+from and the fix. Every stage receives the same frozen `PipelineConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""The repository's `conf/` folder; a deployment may pass another with `--conf`."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _option(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
+            maximum: float | None = None) -> Any:
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparkConfig:
+    master: str = _option("local[2]", "Spark master URL; spark-submit's --master wins when set.")
+    app_name: str = _option("behaviorgpt", "Application name shown in the Spark UI.")
+    shuffle_partitions: int = _option(4, "spark.sql.shuffle.partitions.", minimum=1)
+    driver_memory: str = _option("4g", "spark.driver.memory for local mode.")
+    resolve_delta_jars: bool = _option(
+        True, "Resolve the Delta jars from Maven Central through spark.jars.packages.")
+    ivy_cache: str | None = _option(
+        None, "Folder for the Ivy cache of resolved jars (spark.jars.ivy); default ~/.ivy2.5.2.")
+    jars: list = _option([], "Local jar paths passed as spark.jars, for offline use.")
+    arrow_max_records_per_batch: int = _option(
+        1024, "spark.sql.execution.arrow.maxRecordsPerBatch for the scoring UDF.", minimum=1)
+    extra: dict = _option({}, "Any other Spark settings, passed through unchanged.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathsConfig:
+    root: str = _option("warehouse", "Folder for every table and artifact of the pipeline.")
+    input: str | None = _option(
+        None, "Input event log; empty means the embedded generator writes one under root.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    format: str = _option("taobao", "Input preset.", choices=("taobao",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionConfig:
+    gap_minutes: float = _option(
+        30.0, "Inactivity gap, in minutes, that starts a new session.", minimum=0.01)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceConfig:
+    max_len: int = _option(
+        50, "Events kept per user, the most recent ones (model context length).", minimum=2)
+    min_item_count: int = _option(
+        1, "Items seen fewer times than this in training map to the unknown-item id.", minimum=1)
+    num_shards: int = _option(
+        2, "Parquet shards written; a multiple of the training world size.", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    d_model: int = _option(64, "Hidden size of the shared decoder.", minimum=8)
+    n_layer: int = _option(2, "Decoder blocks.", minimum=1)
+    n_head: int = _option(2, "Attention heads; must divide d_model.", minimum=1)
+    dropout: float = _option(0.1, "Dropout probability.", minimum=0.0, maximum=0.9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    nproc: int = _option(2, "Training processes started by torchrun on this machine.", minimum=1)
+    epochs: int = _option(8, "Passes over the training sequences.", minimum=1)
+    batch_size: int = _option(32, "Sequences per rank per step.", minimum=1)
+    learning_rate: float = _option(3e-3, "AdamW learning rate.", minimum=0.0)
+    weight_decay: float = _option(0.01, "AdamW weight decay.", minimum=0.0)
+    seed: int = _option(0, "Seed for weights, dropout and data order.")
+    task_weights: dict = _option(
+        {"next_item": 1.0, "next_category": 0.5},
+        "Fixed loss weight per task head (next_item, next_category).")
+    num_threads: int = _option(1, "torch intra-op threads per training process.", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    top_k: int = _option(10, "Categories and items kept per profile.", minimum=1, maximum=1000)
+    batch_size: int = _option(256, "Users per model forward pass inside the UDF.", minimum=1)
+    num_threads: int = _option(1, "torch threads per Python worker.", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    key_env: str = _option(
+        "BEHAVIORGPT_PSEUDONYM_KEY", "Environment variable that holds the pseudonymization key.")
+    allow_dev_key: bool = _option(
+        True, "Fall back to a fixed, public development key when the variable is unset.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorConfig:
+    users: int = _option(2000, "Users in the generated log.", minimum=1)
+    items: int = _option(20000, "Items in the generated catalogue.", minimum=10)
+    categories: int = _option(200, "Categories in the generated catalogue.", minimum=2)
+    days: int = _option(9, "Days covered by the generated log.", minimum=1)
+    start_date: str = _option("2017-11-25", "First day of the generated log (UTC).")
+    mean_events_per_user: float = _option(
+        60.0, "Average events per user (heavy-tailed around it).", minimum=1.0)
+    seed: int = _option(7, "Seed of the generator.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    run_date: str | None = _option(None, "Run date YYYY-MM-DD; default today (UTC).")
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(profile: str | None = "local", overrides: list[str] | tuple[str, ...] = (),
+                conf_dir: str | Path | None = None) -> PipelineConfig:
+    """Load `base.yaml`, merge the profile and the `key=value` overrides, and validate.
+
+    Raises `ConfigError` for a missing file, unknown key, wrong type or out-of-range value.
+    """
+    conf_dir = Path(conf_dir) if conf_dir is not None else CONF_DIR
+    merged: dict = {}
+    sources: dict[str, str] = {}
+
+    files = [conf_dir / "base.yaml"]
+    if profile:
+        files.append(conf_dir / f"{profile}.yaml")
+    for path in files:
+        _merge(merged, _read_yaml(path), sources, str(path), prefix="")
+
+    for override in overrides:
+        key, value = _parse_override(override)
+        nested: dict = {}
+        cursor = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        _merge(merged, nested, sources, "--set", prefix="")
+
+    return _build(PipelineConfig, merged, sources, prefix="")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}. Fix: pass an existing --conf folder "
+                          f"or a --profile that has a YAML file there.")
+    with path.open(encoding="utf-8") as handle:
+        try:
+            data = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"invalid override {text!r}: expected section.key=value, "
+                          f"for example --set train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _merge(target: dict, update: dict, sources: dict, source: str, prefix: str) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and _is_section(dotted):
+            _merge(target[key], value, sources, source, prefix=f"{dotted}.")
+        else:
+            target[key] = value
+            sources[dotted] = source
+            if isinstance(value, dict):
+                for inner in _dotted_keys(value, f"{dotted}."):
+                    sources[inner] = source
+
+
+def _is_section(dotted: str) -> bool:
+    """Return whether a dotted key names a nested config section (as opposed to a dict value)."""
+    cls: Any = PipelineConfig
+    for part in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return False
+        cls = typing.get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(cls):
+            return False
+    return True
+
+
+def _dotted_keys(mapping: dict, prefix: str) -> list[str]:
+    keys = []
+    for key, value in mapping.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+    return keys
+
+
+def _build(cls: type, data: Any, sources: dict, prefix: str) -> Any:
+    where = sources.get(prefix.rstrip("."), "the defaults")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.')} must be a mapping, got {data!r}")
+
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            dotted = f"{prefix}{key}"
+            raise ConfigError(f"{sources.get(dotted, 'config')}: unknown key {dotted!r}. "
+                              f"Allowed keys here: {', '.join(sorted(known))}")
+
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, spec in known.items():
+        if name not in data:
+            continue
+        dotted = f"{prefix}{name}"
+        expected = hints[name]
+        if dataclasses.is_dataclass(expected):
+            values[name] = _build(expected, data[name], sources, f"{dotted}.")
+        else:
+            values[name] = _check_value(dotted, data[name], expected, spec.metadata,
+                                        sources.get(dotted, "config"))
+    return cls(**values)
+
+
+def _check_value(key: str, value: Any, expected: Any, metadata: Any, source: str) -> Any:
+    optional = False
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union:
+        members = [t for t in typing.get_args(expected) if t is not type(None)]
+        optional = len(members) < len(typing.get_args(expected))
+        expected = members[0]
+
+    def fail(reason: str, fix: str) -> ConfigError:
+        return ConfigError(f"{source}: {key} = {value!r} is invalid: {reason}. Fix: {fix}")
+
+    if value is None:
+        if optional:
+            return None
+        raise fail("a value is required", f"set {key} to a {expected.__name__}")
+
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise fail("expected true or false", f"set {key} to true or false")
+    elif expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("expected an integer", f"set {key} to a whole number")
+    elif expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("expected a number", f"set {key} to a number")
+        value = float(value)
+    elif expected is str:
+        if not isinstance(value, str):
+            raise fail("expected a string", f"quote the value of {key}")
+    elif expected is list:
+        if not isinstance(value, list):
+            raise fail("expected a list", f"write {key} as a YAML list, for example [a, b]")
+        value = list(value)
+    elif expected is dict:
+        if not isinstance(value, dict):
+            raise fail("expected a mapping", f"write {key} as a YAML mapping of key: value")
+        value = dict(value)
+
+    choices = metadata.get("choices")
+    if choices and value not in choices:
+        raise fail(f"allowed values are {', '.join(map(str, choices))}",
+                   f"set {key} to one of them")
+    minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
+    if minimum is not None and value < minimum:
+        raise fail(f"must be at least {minimum}", f"set {key} to a value >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise fail(f"must be at most {maximum}", f"set {key} to a value <= {maximum}")
+    return value
