@@ -98,6 +98,11 @@ class TrainConfig:
         {"next_item": 1.0, "next_category": 0.5},
         "Fixed loss weight per task head (next_item, next_category).")
     num_threads: int = _option(1, "torch intra-op threads per training process.", minimum=1)
+    grad_clip_norm: float = _option(
+        1.0, "Clip the global gradient norm to this value; 0 turns clipping off.", minimum=0.0)
+    dist_timeout_minutes: float = _option(
+        10.0, "Timeout, in minutes, of every collective call of the training process group "
+        "(a rank that waits longer for the others fails).", minimum=0.1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,133 @@
+"""Save and load trained models as safetensors plus a JSON description.
+
+A model folder `models/<model_version>/` contains:
+
+- `model.safetensors`: the weights (no pickle, so loading runs no code from the file);
+- `model_config.json`: format version, model sizes, vocabulary sizes, max_len, model
+  version, creation time (UTC) and a training summary;
+- `vocab/`: a copy of the vocabulary the model was trained with, so scoring maps token ids
+  back to raw ids even after the sequences are rebuilt.
+
+`models/LATEST` then names the version that scoring uses by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from behaviorgpt.layout import Layout
+from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+VOCAB_DIR = "vocab"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(model: BehaviorGPT, layout: Layout, model_version: str,
+                    vocab_dir: str | Path, training_summary: dict) -> Path:
+    """Write a model folder, then point `LATEST` at it; return the folder.
+
+    Only rank 0 calls this. The folder is assembled under a temporary name and renamed, so a
+    crash never leaves a half-written model that `LATEST` could name. Raises FileExistsError
+    if the version already exists.
+    """
+    target = layout.model_dir(model_version)
+    if target.exists():
+        raise FileExistsError(f"model folder {target} already exists; pass another "
+                              f"--model-version or remove the folder")
+    layout.models_dir.mkdir(parents=True, exist_ok=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_version}.", dir=layout.models_dir))
+    try:
+        save_file(_unshared_state_dict(model), str(staging / WEIGHTS_FILE),
+                  metadata={"format": "behaviorgpt", "model_version": model_version})
+        description = {
+            "format_version": FORMAT_VERSION,
+            "model_version": model_version,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model.config.to_dict(),
+            "training": training_summary,
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n",
+                                           encoding="utf-8")
+        shutil.copytree(vocab_dir, staging / VOCAB_DIR)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    _write_atomically(layout.latest_model_file, model_version + "\n")
+    return target
+
+
+def read_model_description(model_dir: str | Path) -> dict:
+    """Read `model_config.json` of a model folder."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a trained model folder")
+    description = json.loads(path.read_text(encoding="utf-8"))
+    if description.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {description.get('format_version')!r} is not "
+                         f"supported; this code reads version {FORMAT_VERSION}")
+    return description
+
+
+def load_checkpoint(model_dir: str | Path,
+                    device: torch.device | str = "cpu") -> tuple[BehaviorGPT, dict]:
+    """Build the model of a model folder, load its weights, and return it in eval mode.
+
+    Returns the model and the parsed `model_config.json`. Raises ValueError when
+    `model.safetensors` is not a safetensors file or its tensors do not fit the model.
+    """
+    description = read_model_description(model_dir)
+    model = BehaviorGPT(BehaviorGPTConfig.from_dict(description["model"]))
+
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found; the model folder is incomplete")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except SafetensorError as error:
+        raise ValueError(f"{weights} is not a valid safetensors file ({error}); only "
+                         f"safetensors weights are loaded") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{weights} does not match the model described in {CONFIG_FILE}: "
+                         f"{error}") from None
+    return model.to(device).eval(), description
+
+
+def _unshared_state_dict(model: BehaviorGPT) -> dict[str, torch.Tensor]:
+    """Return contiguous CPU copies of the weights; raise if two entries share memory.
+
+    safetensors stores each tensor separately and rejects aliases. The model ties its item
+    output matrix to the item embedding through F.linear, so no alias is expected here; a new
+    module that registers a tied parameter twice fails here, by name, instead of silently
+    untying on load.
+    """
+    state = model.state_dict()
+    owners: dict[int, str] = {}
+    for name, tensor in state.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in owners:
+            raise ValueError(f"state dict entries {owners[pointer]!r} and {name!r} share memory; "
+                             f"register a tied weight once and reuse it in forward")
+        owners[pointer] = name
+    return {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

@@ -1,0 +1,283 @@
+"""BehaviorGPT: a small decoder-only transformer over users' event sequences.
+
+Each position of a sequence is one event. Its input vector is the sum of five embeddings (item,
+category, event type, time gap bucket, session-start flag); the backbone adds learned positions.
+The hidden state at position t predicts event t + 1 through two heads:
+
+- next item: a mixture of a softmax over the whole item vocabulary and a copy (pointer)
+  distribution over the items at positions <= t of the same user, with a learned gate;
+- next category: a softmax over the category vocabulary.
+
+Shapes use `batch` for users, `seq` for positions, `dim` for `d_model`, `items` and
+`categories` for vocabulary sizes. Sequences are right-padded with `PAD_ID`, so a causal
+backbone never lets a real position attend to padding and needs no attention mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GPT2Config, GPT2Model
+
+from behaviorgpt.data import Batch
+from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_RESERVED_IDS, NUM_TIME_GAP_IDS, PAD_ID
+
+EXACT_DISTANCES = 8
+"""Distances (in events) below this get their own recency bucket; longer ones share one
+bucket per doubling, because the chance of a repeat falls off roughly with log distance."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BehaviorGPTConfig:
+    """Sizes of one model. Vocabulary sizes count ids including the reserved ones."""
+
+    num_items: int
+    num_categories: int
+    max_len: int
+    d_model: int = 64
+    n_layer: int = 2
+    n_head: int = 2
+    dropout: float = 0.1
+    num_event_types: int = NUM_EVENT_TYPE_IDS
+    num_time_gaps: int = NUM_TIME_GAP_IDS
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head != 0:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
+                             f"choose n_head among the divisors of d_model")
+        for name in ("num_items", "num_categories"):
+            if getattr(self, name) <= NUM_RESERVED_IDS:
+                raise ValueError(f"{name}={getattr(self, name)} leaves no real id: it must be "
+                                 f"greater than the {NUM_RESERVED_IDS} reserved ids")
+
+    @property
+    def num_distance_buckets(self) -> int:
+        return int(distance_bucket(torch.tensor(self.max_len - 1))) + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BehaviorGPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+def distance_bucket(distance: Tensor) -> Tensor:
+    """Map distances in events (>= 0, any shape) to recency bucket ids of the same shape.
+
+    Distances 0..7 keep their own bucket; 8..15 share bucket 8, 16..31 bucket 9, and so on.
+    """
+    distance = distance.clamp(min=0)
+    doublings = torch.log2(distance.clamp(min=1).float() / EXACT_DISTANCES).floor().long()
+    return torch.where(distance < EXACT_DISTANCES, distance, EXACT_DISTANCES + doublings)
+
+
+@dataclass
+class NextEventPrediction:
+    """What the model predicts for the event after one chosen position of each row."""
+
+    item_probabilities: Tensor
+    """[batch, items] mixed vocabulary and copy probabilities; reserved ids get 0."""
+    category_probabilities: Tensor
+    """[batch, categories] softmax probabilities; reserved ids get 0."""
+    hidden: Tensor
+    """[batch, dim] final hidden state at the chosen position (the user embedding)."""
+
+
+class EventEmbedding(nn.Module):
+    """Sum of the item, category, event type, time gap and session-start embeddings."""
+
+    def __init__(self, config: BehaviorGPTConfig) -> None:
+        super().__init__()
+        dim = config.d_model
+        self.item = nn.Embedding(config.num_items, dim, padding_idx=PAD_ID)
+        self.category = nn.Embedding(config.num_categories, dim, padding_idx=PAD_ID)
+        self.event_type = nn.Embedding(config.num_event_types, dim, padding_idx=PAD_ID)
+        self.time_gap = nn.Embedding(config.num_time_gaps, dim, padding_idx=PAD_ID)
+        self.session_start = nn.Embedding(2, dim)
+
+        # GPT-2's scale (std 0.02) instead of nn.Embedding's N(0, 1): the item matrix is also
+        # the output layer, and unit-scale rows would start the softmax with huge logits.
+        for table in (self.item, self.category, self.event_type, self.time_gap,
+                      self.session_start):
+            nn.init.normal_(table.weight, std=0.02)
+            if table.padding_idx is not None:
+                with torch.no_grad():
+                    table.weight[table.padding_idx].zero_()
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return the input vectors `[batch, seq, dim]` of a batch's id streams `[batch, seq]`."""
+        return (self.item(batch.item) + self.category(batch.category)
+                + self.event_type(batch.event_type) + self.time_gap(batch.time_gap)
+                + self.session_start(batch.session_start))
+
+
+class CopyHead(nn.Module):
+    """Pointer attention from a query position over the same user's earlier positions.
+
+    A source position s is a copy candidate for query position t when s <= t and its item is a
+    real vocabulary id. Its score is a scaled dot product of projected hidden states plus a
+    learned bias for the distance t - s (bucketed) and one for the event type at s (a carted
+    item is revisited more often than a viewed one). A gate, computed from the query state,
+    splits the probability between the vocabulary softmax and the copy distribution.
+    """
+
+    def __init__(self, config: BehaviorGPTConfig) -> None:
+        super().__init__()
+        dim = config.d_model
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.distance_bias = nn.Embedding(config.num_distance_buckets, 1)
+        self.event_type_bias = nn.Embedding(config.num_event_types, 1)
+        self.gate = nn.Linear(dim, 1)
+        nn.init.zeros_(self.distance_bias.weight)
+        nn.init.zeros_(self.event_type_bias.weight)
+
+    def forward(self, hidden: Tensor, batch: Batch,
+                query_positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Compute copy attention and gate for the query positions of each row.
+
+        Args:
+            hidden: `[batch, seq, dim]` backbone output.
+            batch: the id streams `[batch, seq]` the hidden states came from.
+            query_positions: `[batch, queries]` positions whose next event is predicted.
+
+        Returns:
+            attention: `[batch, queries, seq]` weights over source positions; each row sums to
+                1, or is all zeros when the query has no copy candidate.
+            log_gate_vocab: `[batch, queries]` log weight of the vocabulary softmax.
+            log_gate_copy: `[batch, queries]` log weight of the copy distribution; -inf when the
+                query has no copy candidate, so the mixture stays a distribution.
+        """
+        dim = hidden.shape[-1]
+        query_states = torch.gather(
+            hidden, 1, query_positions.unsqueeze(-1).expand(-1, -1, dim))
+
+        # [batch, queries, seq] scores of every source position for every query.
+        scores = self.query(query_states) @ self.key(hidden).transpose(1, 2) / math.sqrt(dim)
+        source_positions = torch.arange(hidden.shape[1], device=hidden.device)
+        distance = query_positions.unsqueeze(-1) - source_positions
+        scores = scores + self.distance_bias(distance_bucket(distance)).squeeze(-1)
+        scores = scores + self.event_type_bias(batch.event_type).squeeze(-1).unsqueeze(1)
+
+        # A finite fill keeps softmax defined for queries without any candidate; the weights
+        # are then zeroed so they add nothing.
+        is_candidate = (distance >= 0) & (batch.item >= NUM_RESERVED_IDS).unsqueeze(1)
+        scores = scores.masked_fill(~is_candidate, torch.finfo(scores.dtype).min)
+        attention = torch.softmax(scores, dim=-1) * is_candidate
+
+        gate_logit = self.gate(query_states).squeeze(-1)
+        has_candidate = is_candidate.any(dim=-1)
+        log_gate_vocab = torch.where(has_candidate, F.logsigmoid(gate_logit),
+                                     torch.zeros_like(gate_logit))
+        log_gate_copy = torch.where(has_candidate, F.logsigmoid(-gate_logit),
+                                    torch.full_like(gate_logit, -math.inf))
+        return attention, log_gate_vocab, log_gate_copy
+
+
+class BehaviorGPT(nn.Module):
+    """Decoder-only model with a next-item (vocabulary + copy) head and a next-category head."""
+
+    def __init__(self, config: BehaviorGPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = EventEmbedding(config)
+
+        # Built from a config object, never downloaded. The backbone's own token embedding is
+        # unused because we pass `inputs_embeds`, so it has one row and is frozen (DDP would
+        # otherwise wait for a gradient that never comes).
+        backbone_config = GPT2Config(
+            vocab_size=1, n_positions=config.max_len, n_embd=config.d_model,
+            n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout, attn_pdrop=config.dropout, bos_token_id=None,
+            eos_token_id=None, use_cache=False, attn_implementation="sdpa")
+        self.backbone = GPT2Model(backbone_config)
+        self.backbone.wte.weight.requires_grad_(False)
+
+        # The vocabulary softmax reuses the input item embedding as its output matrix (weight
+        # tying). It is applied with F.linear, so the state dict holds that matrix only once.
+        self.item_bias = nn.Parameter(torch.zeros(config.num_items))
+        self.copy_head = CopyHead(config)
+        self.category_head = nn.Linear(config.d_model, config.num_categories)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return the final hidden states `[batch, seq, dim]` of a right-padded batch."""
+        inputs = self.embed(batch)
+        return self.backbone(inputs_embeds=inputs).last_hidden_state
+
+    def item_logits(self, states: Tensor) -> Tensor:
+        """Vocabulary logits `[..., items]` of hidden states `[..., dim]`; reserved ids get -inf."""
+        logits = F.linear(states, self.embed.item.weight, self.item_bias)
+        return _mask_reserved(logits)
+
+    def category_logits(self, states: Tensor) -> Tensor:
+        """Category logits `[..., categories]`; reserved ids get -inf."""
+        return _mask_reserved(self.category_head(states))
+
+    def next_item_log_likelihood(self, hidden: Tensor, batch: Batch, targets: Tensor,
+                                 target_mask: Tensor) -> Tensor:
+        """Return log p(target) under the mixed next-item distribution, one value per target.
+
+        Args:
+            hidden: `[batch, seq, dim]` output of `forward(batch)`.
+            batch: the batch the hidden states came from.
+            targets: `[batch, seq]` item id of the event after each position.
+            target_mask: `[batch, seq]` bool, True where the target is trained on.
+
+        Returns:
+            `[targets]` log-likelihoods, in the row-major order of `target_mask`.
+
+        The vocabulary logits are computed only at the masked positions, because the
+        `[positions, items]` matrix is the largest tensor of a training step.
+        """
+        seq_len = hidden.shape[1]
+        query_positions = torch.arange(seq_len, device=hidden.device).expand(hidden.shape[0], -1)
+        attention, log_gate_vocab, log_gate_copy = self.copy_head(hidden, batch, query_positions)
+
+        # Copy probability of the target: attention summed over the positions that hold it.
+        # [batch, seq, seq] -> [batch, seq]
+        holds_target = batch.item.unsqueeze(1) == targets.unsqueeze(-1)
+        copy_probability = (attention * holds_target).sum(dim=-1)[target_mask]
+
+        log_vocab = torch.log_softmax(self.item_logits(hidden[target_mask]), dim=-1)
+        log_vocab_target = log_vocab.gather(-1, targets[target_mask].unsqueeze(-1)).squeeze(-1)
+
+        # The clamp keeps log() finite where the target is not in the history; that term is
+        # then about 1e-30 times the copy gate and has zero gradient.
+        return torch.logaddexp(
+            log_gate_vocab[target_mask] + log_vocab_target,
+            log_gate_copy[target_mask] + torch.log(copy_probability.clamp(min=1e-30)))
+
+    def predict_next_event(self, batch: Batch, positions: Tensor) -> NextEventPrediction:
+        """Predict the event after `positions` (`[batch]`, one per row) of a batch.
+
+        Callers run it under `torch.inference_mode()` and with the model in eval mode.
+        """
+        hidden = self(batch)
+        attention, log_gate_vocab, log_gate_copy = self.copy_head(
+            hidden, batch, positions.unsqueeze(1))
+        state = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+
+        vocab = torch.softmax(self.item_logits(state), dim=-1)
+        copy = torch.zeros_like(vocab).scatter_add_(1, batch.item, attention.squeeze(1))
+        items = log_gate_vocab.exp() * vocab + log_gate_copy.exp() * copy
+
+        categories = torch.softmax(self.category_logits(state), dim=-1)
+        return NextEventPrediction(item_probabilities=items, category_probabilities=categories,
+                                   hidden=state)
+
+
+def _mask_reserved(logits: Tensor) -> Tensor:
+    """Set the logits of the reserved ids (padding, unknown, ...) to -inf."""
+    reserved = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    reserved[:NUM_RESERVED_IDS] = True
+    return logits.masked_fill(reserved, -math.inf)

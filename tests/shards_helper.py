@@ -1,0 +1,121 @@
+"""Write small synthetic sequence shards and vocabularies in the Spark side's file format.
+
+Users of the synthetic data have one dominant category, draw most new items from it, and
+often return to an item they saw a few events earlier, so a model that learns the repeat and
+category structure beats the most-popular baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_RESERVED_IDS, NUM_TIME_GAP_IDS
+
+_IDS = pa.list_(pa.int32())
+
+
+def make_user(items: list[int], categories: list[int], key: str = "u0",
+              event_types: list[int] | None = None) -> dict:
+    """Return one shard row for a hand-built history (event type 2 = view by default)."""
+    length = len(items)
+    return {
+        "user_key": key,
+        "item": list(items),
+        "category": list(categories),
+        "event_type": list(event_types) if event_types else [2] * length,
+        "time_gap": [1] + [10] * (length - 1),
+        "session_start": [1] + [0] * (length - 1),
+        "event_time": [1_500_000_000 + 60 * i for i in range(length)],
+        "length": length,
+    }
+
+
+def synthetic_users(num_users: int, num_items: int, num_categories: int, min_length: int,
+                    max_length: int, seed: int = 0, repeat_share: float = 0.4,
+                    dominant_share: float = 0.8) -> tuple[list[dict], np.ndarray]:
+    """Generate users and return them with each user's dominant category id.
+
+    Item and category ids are token ids (reserved ids excluded). Item i belongs to category
+    NUM_RESERVED_IDS + (i % real categories). With probability `repeat_share` an event repeats
+    one of the user's last five items; otherwise it draws a new item, from the dominant
+    category with probability `dominant_share`, with a popularity skew inside each category.
+    """
+    rng = np.random.default_rng(seed)
+    real_items = np.arange(NUM_RESERVED_IDS, num_items)
+    real_categories = num_categories - NUM_RESERVED_IDS
+    item_category = NUM_RESERVED_IDS + (real_items - NUM_RESERVED_IDS) % real_categories
+    by_category = {c: real_items[item_category == c]
+                   for c in range(NUM_RESERVED_IDS, num_categories)}
+
+    users, dominant = [], []
+    for index in range(num_users):
+        favourite = int(rng.integers(NUM_RESERVED_IDS, num_categories))
+        length = int(rng.integers(min_length, max_length + 1))
+        items: list[int] = []
+        for _ in range(length):
+            if items and rng.random() < repeat_share:
+                items.append(items[-1 - int(rng.integers(0, min(5, len(items))))])
+                continue
+            category = (favourite if rng.random() < dominant_share
+                        else int(rng.integers(NUM_RESERVED_IDS, num_categories)))
+            pool = by_category[category]
+            weights = 1.0 / np.arange(1, len(pool) + 1)
+            items.append(int(rng.choice(pool, p=weights / weights.sum())))
+        categories = [int(item_category[item - NUM_RESERVED_IDS]) for item in items]
+        event_types = rng.choice([2, 2, 2, 3, 4], size=length).tolist()
+        users.append(make_user(items, categories, key=f"user-{index:05d}",
+                               event_types=event_types))
+        dominant.append(favourite)
+    return users, np.array(dominant)
+
+
+def write_vocab(vocab_dir: Path, num_items: int, num_categories: int) -> None:
+    """Write items.parquet, categories.parquet and manifest.json; raw ids are 'i<id>'/'c<id>'."""
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    for name, size, prefix in (("items", num_items, "i"), ("categories", num_categories, "c")):
+        ids = np.arange(NUM_RESERVED_IDS, size, dtype=np.int32)
+        pq.write_table(pa.table({"token_id": pa.array(ids, pa.int32()),
+                                 "raw_id": pa.array([f"{prefix}{i}" for i in ids]),
+                                 "count": pa.array(np.ones(len(ids), np.int64))}),
+                       vocab_dir / f"{name}.parquet")
+    manifest = {"num_items": num_items, "num_categories": num_categories,
+                "num_event_types": NUM_EVENT_TYPE_IDS, "num_time_gaps": NUM_TIME_GAP_IDS}
+    (vocab_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def write_shards(sequences_dir: Path, users: list[dict], shard_sizes: list[int],
+                 max_len: int) -> None:
+    """Write `users` split into consecutive shards of `shard_sizes` rows, plus manifest.json."""
+    if sum(shard_sizes) != len(users):
+        raise ValueError(f"shard sizes {shard_sizes} do not add up to {len(users)} users")
+    sequences_dir.mkdir(parents=True, exist_ok=True)
+    shards, start = [], 0
+    for index, size in enumerate(shard_sizes):
+        rows = users[start:start + size]
+        start += size
+        name = f"part-{index:05d}.parquet"
+        table = pa.table({
+            "user_key": pa.array([row["user_key"] for row in rows], pa.string()),
+            **{column: pa.array([row[column] for row in rows], _IDS)
+               for column in ("item", "category", "event_type", "time_gap", "session_start")},
+            "event_time": pa.array([row["event_time"] for row in rows], pa.list_(pa.int64())),
+            "length": pa.array([row["length"] for row in rows], pa.int32()),
+        })
+        pq.write_table(table, sequences_dir / name)
+        shards.append({"file": name, "rows": size})
+    manifest = {"num_shards": len(shards), "max_len": max_len, "shards": shards}
+    (sequences_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def write_dataset(root: Path, users: list[dict], shard_sizes: list[int], max_len: int,
+                  num_items: int, num_categories: int) -> Path:
+    """Write shards and vocabulary under `root/sequences` (the Layout paths); return that folder."""
+    sequences_dir = root / "sequences"
+    write_shards(sequences_dir, users, shard_sizes, max_len)
+    write_vocab(sequences_dir / "vocab", num_items, num_categories)
+    return sequences_dir
