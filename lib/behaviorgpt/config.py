@@ -129,7 +129,13 @@ class GeneratorConfig:
     start_date: str = _option("2017-11-25", "First day of the generated log (UTC).")
     mean_events_per_user: float = _option(
         60.0, "Average events per user (heavy-tailed around it).", minimum=1.0)
-    seed: int = _option(7, "Seed of the generator.")
+    interest_share: float = _option(
+        0.7, "Share of each user's newly drawn items that come from their planted categories. "
+        "The rest follow global popularity.", minimum=0.0, maximum=1.0)
+    revisit_share: float = _option(
+        0.06, "Probability that a page view returns to an item the user saw earlier.",
+        minimum=0.0, maximum=1.0)
+    seed: int = _option(7, "Seed of the generator.", minimum=0)
 
 
 @dataclass(frozen=True, kw_only=True)
