@@ -10,6 +10,7 @@ from and the fix. Every stage receives the same frozen `PipelineConfig`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +43,11 @@ class SparkConfig:
     driver_memory: str = _option("4g", "spark.driver.memory for local mode.")
     resolve_delta_jars: bool = _option(
         True, "Resolve the Delta jars from Maven Central through spark.jars.packages.")
+    # NOTE: the Python package is delta-spark 4.4.1, but the Maven repository that this
+    # project's machines reach served no 4.4.1 jars for Spark 4.2 on 2026-12-04. The default
+    # therefore takes the 4.4.0 jars, which the 4.4.1 Python API drives without change (tested).
+    delta_package: str = _option(
+        "io.delta:delta-spark_4.2_2.13:4.4.0", "Maven coordinate of the Delta jar for Spark 4.2.")
     ivy_cache: str | None = _option(
         None, "Folder for the Ivy cache of resolved jars (spark.jars.ivy); default ~/.ivy2.5.2.")
     jars: list = _option([], "Local jar paths passed as spark.jars, for offline use.")
@@ -302,6 +308,9 @@ def _check_value(key: str, value: Any, expected: Any, metadata: Any, source: str
             raise fail("expected a number", f"set {key} to a number")
         value = float(value)
     elif expected is str:
+        # YAML reads an unquoted 2024-01-31 as a date; dates are kept as ISO strings.
+        if isinstance(value, datetime.date):
+            value = value.isoformat()
         if not isinstance(value, str):
             raise fail("expected a string", f"quote the value of {key}")
     elif expected is list:

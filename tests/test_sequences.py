@@ -1,0 +1,77 @@
+"""Vocabulary and token sequences built from hand-made sessions."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from behaviorgpt import tokens
+from behaviorgpt.layout import Layout
+from behaviorgpt.sequences import build_sequences
+from behaviorgpt.sessions import sessionize
+
+BASE = 1_511_658_000
+
+
+def make_sessions(spark, rows):
+    events = spark.createDataFrame(
+        [(f"e{index:03d}", user, item, category, event_type, ts)
+         for index, (user, item, category, event_type, ts) in enumerate(rows)],
+        "event_id string, user_key string, item_id string, category_id string, "
+        "event_type string, event_ts long")
+    return sessionize(events, gap_seconds=1800)
+
+
+def read_rows(layout):
+    manifest = json.loads((layout.sequences_dir / "manifest.json").read_text())
+    rows = []
+    for shard in manifest["shards"]:
+        rows += pq.read_table(layout.sequences_dir / shard["file"]).to_pylist()
+    return manifest, {row["user_key"]: row for row in rows}
+
+
+def test_tokens_and_vocabulary(spark, tmp_path):
+    layout = Layout.from_root(tmp_path)
+    sessions = make_sessions(spark, [
+        ("u1", "A", "X", "view", BASE),
+        ("u1", "A", "X", "cart", BASE + 10),
+        ("u1", "B", "Y", "view", BASE + 10_000),  # new session after a 10,000 s gap
+        ("u1", "C", "Z", "purchase", BASE + 10_001),  # held-out test event: C not in vocab
+        ("u2", "B", "Y", "view", BASE),
+        ("u2", "A", "X", "fav", BASE + 1),
+    ])
+
+    manifest, rows = read_rows_after_build(spark, sessions, layout, max_len=10)
+
+    # Counts exclude each user's last event: A twice, B once from u1; u2's last (A) excluded.
+    items = pq.read_table(layout.vocab_dir / "items.parquet").to_pylist()
+    assert [(row["raw_id"], row["token_id"], row["count"]) for row in items] == [
+        ("A", 4, 2), ("B", 5, 2)]
+    assert manifest["rows"] == 2
+
+    user = rows["u1"]
+    assert user["item"] == [4, 4, 5, tokens.UNKNOWN_ID]
+    assert user["event_type"] == [tokens.EVENT_TYPE_IDS[name]
+                                  for name in ("view", "cart", "view", "purchase")]
+    assert user["session_start"] == [1, 0, 1, 0]
+    assert user["time_gap"] == [tokens.FIRST_EVENT_GAP_ID, tokens.time_gap_id(10),
+                                tokens.time_gap_id(9990), tokens.time_gap_id(1)]
+    assert user["event_time"] == [BASE, BASE + 10, BASE + 10_000, BASE + 10_001]
+    assert user["length"] == 4
+
+
+def test_max_len_keeps_most_recent(spark, tmp_path):
+    layout = Layout.from_root(tmp_path)
+    sessions = make_sessions(spark, [("u1", f"I{n}", "X", "view", BASE + n) for n in range(7)])
+
+    _, rows = read_rows_after_build(spark, sessions, layout, max_len=3)
+
+    user = rows["u1"]
+    assert user["length"] == 3
+    assert user["event_time"] == [BASE + 4, BASE + 5, BASE + 6]
+    # The first kept event still has a gap to the dropped event before it.
+    assert user["time_gap"][0] == tokens.time_gap_id(1)
+
+
+def read_rows_after_build(spark, sessions, layout, *, max_len):
+    build_sequences(spark, sessions, layout, max_len=max_len, min_item_count=1, num_shards=2)
+    return read_rows(layout)
