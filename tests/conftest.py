@@ -50,3 +50,28 @@ def spark(spark_config):
     session = build_spark_session(spark_config)
     yield session
     session.stop()
+
+
+def run_pipeline(root: Path, *extra: str) -> "Layout":
+    """Run every stage through the CLI into `root` and return the run's layout."""
+    from behaviorgpt.cli import main
+    from behaviorgpt.layout import Layout
+
+    status = main(["run", "--root", str(root), "--date", "2017-12-04", *extra])
+    assert status == 0
+    return Layout.from_root(root)
+
+
+@pytest.fixture(scope="session")
+def real_pipeline(spark, tmp_path_factory):
+    """A full run on the real Taobao slice, with fewer epochs than the default to save time."""
+    source = real_data_file("taobao_userbehavior/user_sorted_head_Haohanblue-mydeep/UserBehavior.csv")
+    return run_pipeline(tmp_path_factory.mktemp("real"), "--input", str(source),
+                        "--set", "train.epochs=3")
+
+
+@pytest.fixture(scope="session")
+def default_pipeline(spark, tmp_path_factory):
+    """A full run on the embedded generator's log, scaled down from the demo's 2,000 users."""
+    return run_pipeline(tmp_path_factory.mktemp("default"),
+                        "--set", "generator.users=800", "--set", "train.epochs=4")

@@ -164,8 +164,10 @@ def _config_arguments(context: RunContext) -> list[str]:
         arguments += ["--conf", str(Path(context.conf_dir).resolve())]
     if context.profile:
         arguments += ["--profile", context.profile]
-    pinned = [f"paths.root={context.layout.root}", f"run_date={context.run_date}"]
-    for override in [*context.overrides, *pinned]:
+    # The child may start in another folder, so the root is passed as an absolute path.
+    pinned = {"paths.root": str(context.layout.root), "run_date": context.run_date}
+    kept = [item for item in context.overrides if item.partition("=")[0].strip() not in pinned]
+    for override in [*kept, *(f"{key}={value}" for key, value in pinned.items())]:
         arguments += ["--set", override]
     return arguments
 
