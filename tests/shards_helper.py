@@ -1,7 +1,7 @@
 """Write small synthetic sequence shards and vocabularies in the Spark side's file format.
 
-Users of the synthetic data have one dominant category, draw most new items from it, and
-often return to an item they saw a few events earlier, so a model that learns the repeat and
+Users of the synthetic data have one dominant category and draw most new items from it. They
+often return to an item they saw a few events earlier. A model that learns this repeat and
 category structure beats the most-popular baseline.
 """
 
@@ -42,7 +42,7 @@ def synthetic_users(num_users: int, num_items: int, num_categories: int, min_len
 
     Item and category ids are token ids (reserved ids excluded). Item i belongs to category
     NUM_RESERVED_IDS + (i % real categories). With probability `repeat_share` an event repeats
-    one of the user's last five items; otherwise it draws a new item, from the dominant
+    one of the user's last five items. Otherwise it draws a new item, from the dominant
     category with probability `dominant_share`, with a popularity skew inside each category.
     """
     rng = np.random.default_rng(seed)

@@ -112,7 +112,7 @@ def _unshared_state_dict(model: BehaviorGPT) -> dict[str, torch.Tensor]:
     """Return contiguous CPU copies of the weights; raise if two entries share memory.
 
     safetensors stores each tensor separately and rejects aliases. The model ties its item
-    output matrix to the item embedding through F.linear, so no alias is expected here; a new
+    output matrix to the item embedding through F.linear, so no alias is expected here. A new
     module that registers a tied parameter twice fails here, by name, instead of silently
     untying on load.
     """

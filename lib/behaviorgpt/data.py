@@ -1,9 +1,9 @@
 """Read token sequence shards and build padded model batches from them.
 
-The Spark side writes `sequences_dir/part-NNNNN.parquet` plus `manifest.json`; each row is one
-user with the id streams `item`, `category`, `event_type`, `time_gap`, `session_start`
-(`array<int32>`, oldest event first) and `length`. Shard i belongs to training rank
-i % world_size.
+The Spark side writes Parquet shards plus `sequences_dir/manifest.json`, which lists them.
+Each row is one user with the id streams `item`, `category`, `event_type`, `time_gap`,
+`session_start` (`array<int32>`, oldest event first) and `length`. Shard i belongs to
+training rank i % world_size.
 
 Leave-one-out views of a sequence of `length` events (0-based event indices):
 
@@ -38,7 +38,7 @@ STREAMS = ("item", "category", "event_type", "time_gap", "session_start")
 VIEWS = ("train", "validation", "test", "score")
 
 MIN_LENGTH = {"train": 4, "validation": 3, "test": 2, "score": 1}
-"""Fewest events a sequence needs to give at least one input and one target in each view."""
+"""Minimum events a sequence needs for at least one input and one target in each view."""
 
 _HELD_OUT_EVENTS = {"train": 3, "validation": 2, "test": 1, "score": 0}
 """Events at the end of a sequence that are not inputs of a view."""
@@ -71,8 +71,8 @@ def read_manifest(sequences_dir: str | Path) -> SequenceManifest:
 
 
 def read_vocab_manifest(vocab_dir: str | Path) -> dict:
-    """Read `vocab/manifest.json`, which holds `num_items` and `num_categories` (reserved ids
-    included) and the sizes of the fixed id spaces."""
+    """Read `vocab/manifest.json`, which contains `num_items` and `num_categories` (reserved
+    ids included) and the sizes of the fixed id spaces."""
     path = Path(vocab_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary manifest not found: {path}")
@@ -137,18 +137,19 @@ class EventSequences:
                                  f"streams have {lengths[row]} events")
 
         # Scatter the flat values into [users, width]; longer rows lose their oldest events.
-        kept = np.minimum(lengths, max_len)
-        width = int(kept.max()) if len(kept) else 1
+        kept_lengths = np.minimum(lengths, max_len)
+        width = int(kept_lengths.max()) if len(kept_lengths) else 1
         rows = np.repeat(np.arange(len(lengths)), lengths)
         starts = np.cumsum(lengths) - lengths
-        columns = np.arange(int(lengths.sum())) - np.repeat(starts + lengths - kept, lengths)
+        columns = np.arange(int(lengths.sum())) - np.repeat(starts + lengths - kept_lengths,
+                                                             lengths)
         keep = columns >= 0
         padded = {}
         for name, values in streams.items():
             array = np.full((len(lengths), width), PAD_ID, dtype=np.int32)
             array[rows[keep], columns[keep]] = values[keep]
             padded[name] = array
-        return cls(user_keys=user_keys, streams=padded, lengths=kept)
+        return cls(user_keys=user_keys, streams=padded, lengths=kept_lengths)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, max_len: int) -> "EventSequences":
@@ -173,7 +174,7 @@ class EventSequences:
 def read_rank_sequences(sequences_dir: str | Path, rank: int, world_size: int) -> EventSequences:
     """Load all shards of one rank into memory.
 
-    NOTE: training holds its rank's shards in memory (about 20 bytes per event: five int32
+    NOTE: training keeps its rank's shards in memory (about 20 bytes per event: five int32
     streams) so that it can shuffle across them each epoch. A rank whose shards do not fit
     needs more shards per run or a streaming shuffle buffer.
     """
@@ -200,9 +201,9 @@ def iter_shard_sequences(paths: Sequence[str | Path], max_len: int,
 class Batch:
     """Padded id streams of one batch of users, as int64 tensors on one device.
 
-    Training batches carry targets `[batch, seq]` (the next event's ids, `PAD_ID` where a
-    position has no target); validation and test batches carry targets `[batch]` (the held-out
-    event); scoring batches carry none.
+    Training batches carry targets `[batch, seq]`: the next event's ids, `PAD_ID` where a
+    position has no target. Validation and test batches carry targets `[batch]`, the held-out
+    event. Scoring batches carry none.
     """
 
     item: Tensor
@@ -276,7 +277,7 @@ def training_batches(sequences: EventSequences, batch_size: int, seed: int, epoc
                      rank: int) -> Iterator[Batch]:
     """Yield one epoch of shuffled training batches; the last batch may be smaller.
 
-    The order depends only on (seed, epoch, rank), so a rerun sees the same batches.
+    The order depends only on (seed, epoch, rank), so a rerun gets the same batches.
     """
     rows = eligible_rows(sequences, "train")
     order = np.random.default_rng([seed, epoch, rank]).permutation(rows)

@@ -66,11 +66,11 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
         batch_size: users per forward pass.
 
     Returns:
-        A DataFrame with the same index and row order as `frame` and the columns
-        `top_item_ids`, `top_category_ids` (lists of raw id strings, best first),
-        `top_item_scores`, `top_category_scores` (lists of probabilities) and `embedding`
-        (list of `d_model` floats, the final hidden state at the last event). Reserved ids
-        (padding, unknown, ...) never appear in the lists.
+        A DataFrame with the same index and row order as `frame`. Its columns are
+        `top_item_ids` and `top_category_ids` (lists of raw id strings, best first),
+        `top_item_scores` and `top_category_scores` (lists of probabilities), and
+        `embedding` (list of `d_model` floats, the final hidden state at the last event).
+        Reserved ids (padding, unknown, ...) never appear in the lists.
 
     The caller sets `torch.set_num_threads`; this function does not change global state.
     """

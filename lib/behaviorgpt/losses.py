@@ -66,9 +66,9 @@ class MultiTaskLoss(nn.Module):
         losses["next_item"] = _mean(-log_likelihood)
 
         category_mask = batch.target_category >= NUM_RESERVED_IDS
-        logits = self.model.category_logits(hidden[category_mask])
-        losses["next_category"] = _mean(
-            F.cross_entropy(logits, batch.target_category[category_mask], reduction="none"))
+        logits = self.model.real_category_logits(hidden[category_mask])
+        targets = batch.target_category[category_mask] - NUM_RESERVED_IDS
+        losses["next_category"] = _mean(F.cross_entropy(logits, targets, reduction="none"))
         return losses
 
 
@@ -82,5 +82,5 @@ def combine_task_losses(losses: Mapping[str, Tensor], weights: Mapping[str, floa
 
 def _mean(values: Tensor) -> Tensor:
     # A batch without any valid target still returns a connected zero, so every parameter
-    # gets a (zero) gradient and DDP's all-reduce sees the same parameters on every rank.
+    # gets a (zero) gradient and DDP all-reduces the same parameters on every rank.
     return values.sum() / max(values.numel(), 1)

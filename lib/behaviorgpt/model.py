@@ -28,7 +28,7 @@ from behaviorgpt.data import Batch
 from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_RESERVED_IDS, NUM_TIME_GAP_IDS, PAD_ID
 
 EXACT_DISTANCES = 8
-"""Distances (in events) below this get their own recency bucket; longer ones share one
+"""Distances (in events) below this get their own recency bucket. Longer ones share one
 bucket per doubling, because the chance of a repeat falls off roughly with log distance."""
 
 
@@ -83,7 +83,7 @@ def distance_bucket(distance: Tensor) -> Tensor:
 
 @dataclass
 class NextEventPrediction:
-    """What the model predicts for the event after one chosen position of each row."""
+    """Model output for the event after one chosen position of each row."""
 
     item_probabilities: Tensor
     """[batch, items] mixed vocabulary and copy probabilities; reserved ids get 0."""
@@ -125,10 +125,10 @@ class CopyHead(nn.Module):
     """Pointer attention from a query position over the same user's earlier positions.
 
     A source position s is a copy candidate for query position t when s <= t and its item is a
-    real vocabulary id. Its score is a scaled dot product of projected hidden states plus a
-    learned bias for the distance t - s (bucketed) and one for the event type at s (a carted
-    item is revisited more often than a viewed one). A gate, computed from the query state,
-    splits the probability between the vocabulary softmax and the copy distribution.
+    real vocabulary id. Its score is a scaled dot product of projected hidden states plus two
+    learned biases: one for the distance t - s (bucketed), one for the event type at s (a
+    carted item is revisited more often than a viewed one). A gate, computed from the query
+    state, splits the probability between the vocabulary softmax and the copy distribution.
     """
 
     def __init__(self, config: BehaviorGPTConfig) -> None:
@@ -204,7 +204,7 @@ class BehaviorGPT(nn.Module):
         self.backbone.wte.weight.requires_grad_(False)
 
         # The vocabulary softmax reuses the input item embedding as its output matrix (weight
-        # tying). It is applied with F.linear, so the state dict holds that matrix only once.
+        # tying). It is applied with F.linear, so the state dict contains that matrix only once.
         self.item_bias = nn.Parameter(torch.zeros(config.num_items))
         self.copy_head = CopyHead(config)
         self.category_head = nn.Linear(config.d_model, config.num_categories)
@@ -214,14 +214,19 @@ class BehaviorGPT(nn.Module):
         inputs = self.embed(batch)
         return self.backbone(inputs_embeds=inputs).last_hidden_state
 
-    def item_logits(self, states: Tensor) -> Tensor:
-        """Vocabulary logits `[..., items]` of hidden states `[..., dim]`; reserved ids get -inf."""
-        logits = F.linear(states, self.embed.item.weight, self.item_bias)
-        return _mask_reserved(logits)
+    def real_item_logits(self, states: Tensor) -> Tensor:
+        """Vocabulary logits `[..., items - NUM_RESERVED_IDS]` of hidden states `[..., dim]`.
 
-    def category_logits(self, states: Tensor) -> Tensor:
-        """Category logits `[..., categories]`; reserved ids get -inf."""
-        return _mask_reserved(self.category_head(states))
+        Column j scores item id j + NUM_RESERVED_IDS. Leaving the reserved ids out of the
+        matrix, instead of masking them, saves a copy of the largest tensor of a step.
+        """
+        return F.linear(states, self.embed.item.weight[NUM_RESERVED_IDS:],
+                        self.item_bias[NUM_RESERVED_IDS:])
+
+    def real_category_logits(self, states: Tensor) -> Tensor:
+        """Category logits `[..., categories - NUM_RESERVED_IDS]`; column j is id j + 4."""
+        return F.linear(states, self.category_head.weight[NUM_RESERVED_IDS:],
+                        self.category_head.bias[NUM_RESERVED_IDS:])
 
     def next_item_log_likelihood(self, hidden: Tensor, batch: Batch, targets: Tensor,
                                  target_mask: Tensor) -> Tensor:
@@ -248,11 +253,13 @@ class BehaviorGPT(nn.Module):
         holds_target = batch.item.unsqueeze(1) == targets.unsqueeze(-1)
         copy_probability = (attention * holds_target).sum(dim=-1)[target_mask]
 
-        log_vocab = torch.log_softmax(self.item_logits(hidden[target_mask]), dim=-1)
-        log_vocab_target = log_vocab.gather(-1, targets[target_mask].unsqueeze(-1)).squeeze(-1)
+        # Cross-entropy is the fused form of -log_softmax(logits)[target].
+        log_vocab_target = -F.cross_entropy(self.real_item_logits(hidden[target_mask]),
+                                            targets[target_mask] - NUM_RESERVED_IDS,
+                                            reduction="none")
 
-        # The clamp keeps log() finite where the target is not in the history; that term is
-        # then about 1e-30 times the copy gate and has zero gradient.
+        # The clamp keeps log() finite where the target is not in the history. That term is
+        # then about 1e-30 times the copy gate, with zero gradient.
         return torch.logaddexp(
             log_gate_vocab[target_mask] + log_vocab_target,
             log_gate_copy[target_mask] + torch.log(copy_probability.clamp(min=1e-30)))
@@ -267,17 +274,12 @@ class BehaviorGPT(nn.Module):
             hidden, batch, positions.unsqueeze(1))
         state = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
 
-        vocab = torch.softmax(self.item_logits(state), dim=-1)
+        # Reserved ids get probability 0: pad the real-id softmax on the left.
+        vocab = F.pad(torch.softmax(self.real_item_logits(state), dim=-1), (NUM_RESERVED_IDS, 0))
         copy = torch.zeros_like(vocab).scatter_add_(1, batch.item, attention.squeeze(1))
         items = log_gate_vocab.exp() * vocab + log_gate_copy.exp() * copy
 
-        categories = torch.softmax(self.category_logits(state), dim=-1)
+        categories = F.pad(torch.softmax(self.real_category_logits(state), dim=-1),
+                           (NUM_RESERVED_IDS, 0))
         return NextEventPrediction(item_probabilities=items, category_probabilities=categories,
                                    hidden=state)
-
-
-def _mask_reserved(logits: Tensor) -> Tensor:
-    """Set the logits of the reserved ids (padding, unknown, ...) to -inf."""
-    reserved = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    reserved[:NUM_RESERVED_IDS] = True
-    return logits.masked_fill(reserved, -math.inf)

@@ -5,12 +5,13 @@ a single process (`python -m behaviorgpt.train`), which trains without a process
 
 Each rank reads its own shards (shard i goes to rank i % world_size), so ranks can have
 different numbers of batches. The training loop runs inside `Join`: a rank that runs out of
-batches shadows the gradient all-reduce of the ranks still training until all are done. Every
-training example is used exactly once per epoch, none is dropped or repeated, and no rank
-hangs. With `divide_by_initial_world_size=False`, a step's gradient is the mean over the ranks
-that still had a batch.
+batches shadows the gradient all-reduce of the ranks still training until all are done. So
+no rank hangs, and every training sequence is used once per epoch, none dropped or repeated.
+With `divide_by_initial_world_size=False`, a step's gradient is the mean over the ranks that
+still had a batch.
 
-Rank 0 alone logs, and it writes the checkpoint while the other ranks wait at a barrier.
+Rank 0 alone logs. After the last epoch it saves the weights of the epoch with the best
+validation HR@10 while the other ranks wait at a barrier.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ VALIDATION_K = 10
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits in the training job."""
+    """Rank, world size and device of this process."""
 
     rank: int
     local_rank: int
@@ -218,6 +219,7 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
              sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     history = []
+    best_epoch, best_hit_rate, best_state = 0, -1.0, None
     started = time.perf_counter()
     for epoch in range(cfg.train.epochs):
         epoch_started = time.perf_counter()
@@ -239,6 +241,15 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         record["sequences_per_s"] = totals["sequences"] / seconds
         record["targets_per_s"] = totals["next_item_targets"] / seconds
         history.append(record)
+
+        # Keep the weights of the epoch with the best validation hit rate: with many rare
+        # items the vocabulary softmax starts to memorise training targets after a few epochs.
+        # Every rank has the same weights, so only rank 0, which saves them, copies them.
+        if record[f"validation_hr@{VALIDATION_K}"] > best_hit_rate:
+            best_epoch, best_hit_rate = epoch + 1, record[f"validation_hr@{VALIDATION_K}"]
+            if context.is_main:
+                best_state = {name: tensor.detach().to("cpu", copy=True)
+                              for name, tensor in model.state_dict().items()}
         log.info("epoch %d/%d: loss %.4f (next_item %.4f, next_category %.4f) | validation "
                  "HR@%d %.4f on %d users | %.0f sequences/s, %.0f targets/s",
                  epoch + 1, cfg.train.epochs, record["loss"], record["next_item"],
@@ -262,10 +273,14 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         "batches_per_rank_per_epoch": batches_per_rank,
         "train_seconds": time.perf_counter() - started,
         "history": history,
+        "selected_epoch": best_epoch,
     }
 
     model_dir = None
     if context.is_main:
+        model.load_state_dict(best_state)
+        log.info("keeping the weights of epoch %d (validation HR@%d %.4f)", best_epoch,
+                 VALIDATION_K, best_hit_rate)
         model_dir = save_checkpoint(model, layout, model_version, layout.vocab_dir, summary)
         log.info("saved model %s to %s", model_version, model_dir)
     # Other ranks wait here, inside the process group timeout, until the checkpoint exists.
