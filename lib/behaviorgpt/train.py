@@ -84,6 +84,8 @@ def init_distributed(timeout: timedelta) -> DistributedContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
 
+    # NOTE: no test runs the CUDA path (one GPU per local rank, NCCL). The tests cover
+    # gloo on CPU only.
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
