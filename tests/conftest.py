@@ -72,6 +72,5 @@ def real_pipeline(spark, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def default_pipeline(spark, tmp_path_factory):
-    """A full run on the embedded generator's log, scaled down from the demo's 2,000 users."""
-    return run_pipeline(tmp_path_factory.mktemp("default"),
-                        "--set", "generator.users=800", "--set", "train.epochs=4")
+    """A full run with the demo's own settings on the embedded generator's log."""
+    return run_pipeline(tmp_path_factory.mktemp("default"))
