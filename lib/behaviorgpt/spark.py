@@ -34,6 +34,12 @@ def build_spark_session(config: PipelineConfig) -> SparkSession:
     settings = spark_settings(config)
     builder = SparkSession.builder.appName(config.spark.app_name)
 
+    # Python workers start the interpreter named by PYSPARK_PYTHON, else `python3` from PATH,
+    # which outside an activated virtual environment lacks this package. Outside spark-submit
+    # the workers run on this machine, so they take this process's interpreter.
+    if not launched_by_spark_submit():
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
     # Under spark-submit the master and the jars come from its command line, which must win.
     if not launched_by_spark_submit():
         builder = builder.master(config.spark.master)
@@ -57,9 +63,6 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.spark.arrow_max_records_per_batch),
         "spark.ui.showConsoleProgress": "false",
-        # Executors' Python workers must run the same interpreter as the driver in local mode.
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
     })
 
     if config.spark.resolve_delta_jars and not launched_by_spark_submit():
