@@ -1,7 +1,7 @@
 """Quality gate on real model folders: a trained model and an untrained one, both evaluated.
 
 The trained model (one process, a few epochs on synthetic users that repeat items) scores a
-clearly higher NDCG@10 than the untrained one, so a gate that serves the trained model rejects
+clearly higher NDCG@10 than the untrained one. So a gate that serves the trained model rejects
 the untrained candidate, and a gate that serves the untrained model promotes the trained one.
 """
 
@@ -125,8 +125,8 @@ def test_rerun_repeats_decision(models, tmp_path):
     layout = serving_root(models, tmp_path, serving="untrained", candidate="trained")
     first = run_gate(layout, GATE)
 
-    # After the promotion LATEST is the candidate itself; a retry must not compare it with
-    # itself, it repeats the saved decision.
+    # After the promotion LATEST is the candidate itself. A retry must not compare the model
+    # with itself, so it repeats the saved decision.
     second = run_gate(layout, GATE)
 
     assert second == first

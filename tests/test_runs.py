@@ -43,7 +43,8 @@ def test_record_names_versions_and_times(spark, tmp_path):
     recorder.write(spark, layout)
 
     [row] = runs_of(spark, layout, "r1")
-    assert row["status"] == "succeeded" and row["flagged"] is False
+    assert row["status"] == "succeeded"
+    assert row["flagged"] is False
     assert [(t["table"], t["version"]) for t in row["tables_read"]] == [(EVENTS_TABLE, 1)]
     assert [(t["table"], t["version"]) for t in row["tables_written"]] == [(SESSIONS_TABLE, 0)]
     assert row["stages"][0]["stage"] == "sessionize"
@@ -55,7 +56,7 @@ def test_record_names_versions_and_times(spark, tmp_path):
 def test_failed_stage_is_recorded_then_raised(spark, tmp_path):
     context = context_for(tmp_path, run_id="failing")
 
-    # No events table yet: sessionize fails, and the run says so in pipeline_runs.
+    # No events table yet: sessionize fails, and pipeline_runs records the failure.
     with pytest.raises(FileNotFoundError, match="events"):
         run_stages(context, ["sessionize"])
 

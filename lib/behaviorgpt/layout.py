@@ -81,18 +81,16 @@ class Layout:
 
     def latest_model_dir(self) -> Path:
         """Return the folder of the serving model (named in `LATEST`); raise if there is none."""
-        version = self.pointed_version(self.latest_model_file)
-        if version is None:
-            raise FileNotFoundError(
-                f"no serving model under {self.models_dir}: {self.latest_model_file} is missing. "
-                f"Run `behaviorgpt train`, `evaluate` and `gate` first.")
-        return self.model_dir(version)
+        return self._pointed_model_dir(self.latest_model_file, "serving",
+                                       "`behaviorgpt train`, `evaluate` and `gate`")
 
     def candidate_model_dir(self) -> Path:
         """Return the folder of the newest trained model (named in `CANDIDATE`); raise if none."""
-        version = self.pointed_version(self.candidate_model_file)
+        return self._pointed_model_dir(self.candidate_model_file, "trained", "`behaviorgpt train`")
+
+    def _pointed_model_dir(self, pointer: Path, kind: str, commands: str) -> Path:
+        version = self.pointed_version(pointer)
         if version is None:
-            raise FileNotFoundError(
-                f"no trained model under {self.models_dir}: {self.candidate_model_file} is "
-                f"missing. Run `behaviorgpt train` first.")
+            raise FileNotFoundError(f"no {kind} model under {self.models_dir}: {pointer} is "
+                                    f"missing. Run {commands} first.")
         return self.model_dir(version)

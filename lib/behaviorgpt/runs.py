@@ -1,6 +1,6 @@
 """The `pipeline_runs` table: one row per CLI invocation, written whether it succeeds or fails.
 
-A row says what ran (`run_id`, `command`, stages), from which code (`git_commit`) and with which
+A row records what ran (`run_id`, `command`, stages), from which code (`git_commit`) and with which
 settings (`config_json`, secrets removed), what it read and wrote (Delta table versions), which
 model it trained and which one serves, what the quality gate decided, and how long each stage
 took. Rows are keyed by (`run_id`, `command`): a retry of the same task under the same run id
@@ -122,9 +122,10 @@ def git_commit(repo_root: Path = REPO_ROOT) -> str | None:
 def redact(value, secret_values: tuple[str, ...] = (), name: str = ""):
     """Copy of a config value with credentials replaced by `<redacted>`.
 
-    A setting is redacted when its name looks like a credential (`..secret.key`, `..password`),
-    when it carries user:password@ in a URL, or when it equals a secret from `secret_values`
-    (the pseudonymization key read from the environment, should someone paste it into a file).
+    A setting is redacted when its name looks like a credential (`..secret.key`, `..password`).
+    In other strings, user:password@ of a URL and every occurrence of a value in
+    `secret_values` are replaced. That covers the pseudonymization key read from the
+    environment, should someone paste it into a config file.
     """
     if isinstance(value, dict):
         return {key: redact(inner, secret_values, str(key)) for key, inner in value.items()}
@@ -173,7 +174,7 @@ class RunRecorder:
                             "status": status})
 
     def row(self, layout: Layout, error: BaseException | None = None) -> dict:
-        """The table row of this invocation, `error` being the exception that ended it."""
+        """Build the table row of this invocation; `error` is the exception that ended it, if any."""
         config_json = json.dumps(redact(self.config, self.secret_values), sort_keys=True)
         message = None
         if error is not None:
