@@ -71,7 +71,7 @@ def test_ddp_run_writes_loadable_checkpoint(trained):
 
     model, description = load_checkpoint(model_dir)
 
-    assert layout.latest_model_dir() == model_dir
+    assert layout.candidate_model_dir() == model_dir
     assert (model_dir / "model.safetensors").is_file()
     assert description["model"]["num_items"] == NUM_ITEMS
     assert description["training"]["world_size"] == 2

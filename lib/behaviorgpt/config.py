@@ -106,9 +106,22 @@ class TrainConfig:
     num_threads: int = _option(1, "torch intra-op threads per training process.", minimum=1)
     grad_clip_norm: float = _option(
         1.0, "Clip the global gradient norm to this value; 0 turns clipping off.", minimum=0.0)
+    warm_start: bool = _option(
+        False, "Start from the serving model's weights (models/LATEST) instead of random ones; "
+        "the nightly DAG sets it on every day but the full-retrain weekday.")
     dist_timeout_minutes: float = _option(
         10.0, "Timeout, in minutes, of every collective call of the training process group "
         "(a rank that waits longer for the others fails).", minimum=0.1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualityGateConfig:
+    enabled: bool = _option(
+        True, "Judge each new model before scoring uses it; false promotes every new model.")
+    max_ndcg_drop: float = _option(
+        0.01, "Largest drop of next-item NDCG@10 (absolute, from the serving model's "
+        "metrics.json to the new model's) that still promotes the new model.",
+        minimum=0.0, maximum=1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +167,7 @@ class PipelineConfig:
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    quality_gate: QualityGateConfig = field(default_factory=QualityGateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

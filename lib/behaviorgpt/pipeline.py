@@ -16,11 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from behaviorgpt.config import PipelineConfig
-from behaviorgpt.layout import EVENTS_TABLE, PROFILES_TABLE, SESSIONS_TABLE, Layout
+from behaviorgpt.layout import (EVENTS_TABLE, PROFILES_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE,
+                                Layout)
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "sessionize", "sequences", "train", "evaluate", "score")
+STAGES = ("ingest", "sessionize", "sequences", "train", "evaluate", "gate", "score")
+
+INGEST_RUNS_TABLE = "ingest_runs"  # written by events.ingest_taobao
+
+STAGE_TABLES = {
+    "ingest": ((), (EVENTS_TABLE, QUARANTINE_TABLE, INGEST_RUNS_TABLE)),
+    "sessionize": ((EVENTS_TABLE,), (SESSIONS_TABLE,)),
+    "sequences": ((SESSIONS_TABLE,), ()),
+    "train": ((), ()),
+    "evaluate": ((), ()),
+    "gate": ((), ()),
+    "score": ((), (PROFILES_TABLE,)),
+}
+"""Delta tables each stage reads and writes, as (read, written); `pipeline_runs` records their
+versions. The torch stages read Parquet shards and model folders, recorded as model versions."""
 
 
 @dataclass
@@ -39,12 +54,14 @@ class RunContext:
 
     @classmethod
     def create(cls, config: PipelineConfig, *, profile: str | None, conf_dir: str | None,
-               overrides: list[str]) -> "RunContext":
+               overrides: list[str], run_id: str | None = None) -> "RunContext":
+        from behaviorgpt.runs import check_run_id
+
         now = dt.datetime.now(dt.timezone.utc)
         run_date = config.run_date or now.date().isoformat()
         _check_date(run_date)
         return cls(config=config, profile=profile, conf_dir=conf_dir, overrides=list(overrides),
-                   run_date=run_date, run_id=f"{run_date}-{now:%H%M%S}",
+                   run_date=run_date, run_id=check_run_id(run_id or f"{run_date}-{now:%H%M%S}"),
                    layout=Layout.from_root(config.paths.root))
 
     def get_spark(self):
@@ -105,21 +122,38 @@ def run_sequences(context: RunContext):
 
 
 def run_train(context: RunContext) -> str:
-    """Train with `torchrun` on this machine and return the new model's folder."""
+    """Train with `torchrun` on this machine and return the new model's folder.
+
+    The new model becomes the candidate (`models/CANDIDATE`); the gate decides whether it serves.
+    """
+    if context.config.train.warm_start:
+        # TODO: warm start (fine-tuning the serving model) belongs to the training module; until
+        # it reads train.warm_start, every night retrains from random weights.
+        log.warning("train.warm_start is set but training does not implement it yet: "
+                    "training from random weights")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={context.config.train.nproc}",
                "-m", "behaviorgpt.train", *_config_arguments(context)]
     log.info("training: %s", " ".join(command))
     subprocess.run(command, check=True, env=_child_environment())
-    return str(context.layout.latest_model_dir())
+    return str(context.layout.candidate_model_dir())
 
 
 def run_evaluate(context: RunContext) -> dict:
+    """Write `metrics.json` of the candidate model (the serving one when no candidate exists)."""
     from behaviorgpt.evaluate import evaluate_leave_one_out
 
-    metrics = evaluate_leave_one_out(context.layout.latest_model_dir(),
-                                     context.layout.sequences_dir, k=10)
-    return metrics
+    layout = context.layout
+    has_candidate = layout.pointed_version(layout.candidate_model_file) is not None
+    model_dir = layout.candidate_model_dir() if has_candidate else layout.latest_model_dir()
+    return evaluate_leave_one_out(model_dir, layout.sequences_dir, k=10)
+
+
+def run_gate(context: RunContext) -> dict:
+    """Promote the evaluated candidate to `models/LATEST`, or keep the serving model."""
+    from behaviorgpt.gate import run_gate as judge
+
+    return judge(context.layout, context.config.quality_gate)
 
 
 def run_score(context: RunContext) -> str:
@@ -142,19 +176,69 @@ STAGE_FUNCTIONS = {
     "sequences": run_sequences,
     "train": run_train,
     "evaluate": run_evaluate,
+    "gate": run_gate,
     "score": run_score,
 }
 
 
-def run_stages(context: RunContext, stages: tuple[str, ...] | list[str]) -> dict:
-    """Run the named stages in pipeline order and return each stage's result."""
-    for stage in stages:
-        started = dt.datetime.now(dt.timezone.utc)
-        log.info("stage %s: started", stage)
-        context.results[stage] = STAGE_FUNCTIONS[stage](context)
-        seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-        log.info("stage %s: finished in %.1f s", stage, seconds)
+def run_stages(context: RunContext, stages: tuple[str, ...] | list[str],
+               command: str | None = None) -> dict:
+    """Run the named stages in pipeline order and return each stage's result.
+
+    Whatever happens, one row describing this invocation (`command`, default the single stage's
+    name) is written to `pipeline_runs`; a stage's exception is raised again after that.
+    """
+    from behaviorgpt.runs import RunRecorder
+
+    recorder = RunRecorder(
+        run_id=context.run_id, command=command or "+".join(stages), run_date=context.run_date,
+        profile=context.profile, config=context.config.to_dict(),
+        secret_values=_secret_values(context.config))
+    try:
+        for stage in stages:
+            _run_one_stage(context, recorder, stage)
+    except BaseException as error:
+        _record(context, recorder, error)
+        raise
+    _record(context, recorder, None)
     return context.results
+
+
+def _run_one_stage(context: RunContext, recorder, stage: str) -> None:
+    reads, writes = STAGE_TABLES[stage]
+    if reads:
+        recorder.read(context.get_spark(), context.layout, stage, reads)
+
+    started = dt.datetime.now(dt.timezone.utc)
+    log.info("stage %s: started", stage)
+    try:
+        context.results[stage] = STAGE_FUNCTIONS[stage](context)
+    except BaseException:
+        recorder.stage_done(stage, started, "failed")
+        raise
+    recorder.stage_done(stage, started, "succeeded")
+    log.info("stage %s: finished in %.1f s", stage, recorder.stages[-1]["seconds"])
+
+    if stage == "gate":
+        recorder.quality_gate = context.results[stage]["decision"]
+    if writes:
+        recorder.wrote(context.get_spark(), context.layout, stage, writes)
+
+
+def _record(context: RunContext, recorder, error: BaseException | None) -> None:
+    """Write the run's row; a failure to record never hides the stage's own error."""
+    try:
+        recorder.write(context.get_spark(), context.layout, error)
+    except Exception:
+        if error is None:
+            raise
+        log.exception("could not record the failed run %s in pipeline_runs", context.run_id)
+
+
+def _secret_values(config: PipelineConfig) -> tuple[str, ...]:
+    """Secrets this run can see, to be kept out of `pipeline_runs` even if pasted into config."""
+    key = os.environ.get(config.privacy.key_env, "")
+    return (key,) if key else ()
 
 
 def _config_arguments(context: RunContext) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from behaviorgpt.layout import Layout
@@ -23,6 +24,18 @@ def read_table(spark: SparkSession, layout: Layout, name: str) -> DataFrame:
         raise FileNotFoundError(f"Delta table {name!r} not found at {path}: run the stage that "
                                 f"writes it first")
     return spark.read.format("delta").load(str(path))
+
+
+def table_version(spark: SparkSession, layout: Layout, name: str) -> int | None:
+    """Latest commit version of the Delta table `name`, or None when it does not exist yet.
+
+    Reads one entry of the table's history (the transaction log), not its data.
+    """
+    path = layout.table(name)
+    if not (path / "_delta_log").is_dir():
+        return None
+    latest = DeltaTable.forPath(spark, str(path)).history(1).select("version").first()
+    return int(latest["version"])
 
 
 def write_table(df: DataFrame, layout: Layout, name: str, *, partition_by: list[str] | None = None,
