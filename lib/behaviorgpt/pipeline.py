@@ -73,12 +73,13 @@ def input_path(context: RunContext) -> str:
 
 
 def run_ingest(context: RunContext):
-    from behaviorgpt.events import ingest_taobao
+    from behaviorgpt.events import ingest_events
     from behaviorgpt.privacy import pseudonymization_key
 
     key = pseudonymization_key(context.config.privacy)
-    stats = ingest_taobao(context.get_spark(), input_path(context), context.layout, key=key,
-                          run_id=context.run_id, run_date=context.run_date)
+    stats = ingest_events(context.get_spark(), input_path(context), context.layout,
+                          settings=context.config.ingest, key=key, run_id=context.run_id,
+                          run_date=context.run_date)
     return stats
 
 
