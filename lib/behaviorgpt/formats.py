@@ -429,7 +429,7 @@ def _parse_delimited(lines: DataFrame, event_file: EventFile, types: dict,
     extra_names = [name for name in extra_names if name.lower() not in dropped]
 
     wrong_count = F.size(parts) != len(event_file.columns)
-    raw_kept = _redact(lines, parts, event_file, dropped, line)
+    raw_kept = _redact(parts, event_file, dropped)
     raw_type = canonical("event_type")
     return lines.select(
         raw_kept.alias("raw_line"),
@@ -448,24 +448,24 @@ def _parse_delimited(lines: DataFrame, event_file: EventFile, types: dict,
     )
 
 
-def _redact(lines: DataFrame, parts: Column, event_file: EventFile, dropped: set[str],
-            line: Column) -> Column:
-    """The raw line to keep, with values of dropped columns blanked.
+def _redact(parts: Column, event_file: EventFile, dropped: set[str]) -> Column:
+    """The raw line to keep, with the values of dropped columns blanked.
 
-    When the line does not split into the expected columns, the dropped column cannot be
-    located, so e-mail addresses and IPv4 addresses are blanked by pattern instead.
+    Fields are blanked by position even when the line has the wrong number of fields, and
+    e-mail addresses, IPv4 addresses and phone numbers in international form are blanked
+    by pattern too, for lines whose fields are shifted.
+    NOTE: a personal value in a shifted field that matches no pattern (a name) is kept.
     """
     positions = [index for index, name in enumerate(event_file.columns) if name.lower() in dropped]
     if not positions:
         return F.col("raw_line")
-    blanked = F.array(*[
-        F.lit("") if index in positions else F.try_element_at(parts, F.lit(index + 1))
-        for index in range(len(event_file.columns))])
-    by_pattern = F.regexp_replace(
-        F.regexp_replace(line, r"[^\s,;|\t]+@[^\s,;|\t]+", ""),
-        r"\b\d{1,3}(\.\d{1,3}){3}\b", "")
-    return F.when(F.size(parts) == len(event_file.columns),
-                  F.array_join(blanked, event_file.delimiter)).otherwise(by_pattern)
+    blanked = F.transform(parts, lambda value, index: F.when(
+        index.isin(*positions), F.lit("")).otherwise(value))
+    line = F.array_join(blanked, event_file.delimiter)
+    for pattern in (r"[^\s,;|\t]+@[^\s,;|\t]+", r"\b\d{1,3}(\.\d{1,3}){3}\b",
+                    r"\+\d[\d ().-]{5,}\d"):
+        line = F.regexp_replace(line, pattern, "")
+    return line
 
 
 def _map_type(raw_type: Column, types: dict) -> Column:
