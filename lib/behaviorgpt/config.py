@@ -90,8 +90,9 @@ class IngestConfig:
         24.0, "Events more than this many hours after the run started are quarantined.",
         minimum=0.0)
     scope: str = _option(
-        "all", "all: ingest every date in the input; run_date: only events of the run date "
-        "(incremental runs), replacing that date's partition.", choices=("all", "run_date"))
+        "all", "all: ingest and sessionize every date in the input; run_date: only the run "
+        "date (incremental runs), replacing that date's partitions and continuing sessions "
+        "open at midnight.", choices=("all", "run_date"))
 
 
 @dataclass(frozen=True, kw_only=True)
