@@ -63,15 +63,50 @@ class PathsConfig:
         None, "Input event log; empty means the embedded generator writes one under root.")
 
 
+INPUT_FORMATS = ("taobao", "movielens", "otto", "rees46", "retailrocket", "yoochoose",
+                 "diginetica", "generic")
+
+
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
-    format: str = _option("taobao", "Input preset.", choices=("taobao",))
+    format: str = _option(
+        "taobao", "Input preset; `generic` reads the YAML mapping named by ingest.mapping.",
+        choices=INPUT_FORMATS)
+    mapping: str | None = _option(
+        None, "YAML file that describes the input layout when ingest.format is generic.")
+    event_type_map: dict = _option(
+        {}, "Extra source event types mapped to canonical ones, e.g. {click: view}; "
+        "unmapped types are quarantined.")
+    drop_columns: list = _option(
+        ["name", "first_name", "last_name", "full_name", "email", "phone", "phone_number",
+         "ip", "ip_address"],
+        "Source columns (case-insensitive) that never reach any table: personal data.")
+    max_events_per_user_day: int = _option(
+        20000, "Events above which a user's whole day is quarantined as a bot; 0 turns it off.",
+        minimum=0)
+    earliest_date: str = _option(
+        "2000-01-01", "Events before this UTC date are quarantined as implausible.")
+    future_tolerance_hours: float = _option(
+        24.0, "Events more than this many hours after the run started are quarantined.",
+        minimum=0.0)
+    scope: str = _option(
+        "all", "all: ingest and sessionize every date in the input; run_date: only the run "
+        "date (incremental runs), replacing that date's partitions and continuing sessions "
+        "open at midnight.", choices=("all", "run_date"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class SessionConfig:
     gap_minutes: float = _option(
         30.0, "Inactivity gap, in minutes, that starts a new session.", minimum=0.01)
+    max_duration_minutes: float = _option(
+        720.0, "A session is split into pieces of at most this many minutes (measured from "
+        "the start of its inactivity-gap run); 0 turns the limit off.", minimum=0.0)
+    max_events: int = _option(
+        1000, "A session is split after this many events; 0 turns the limit off.", minimum=0)
+    use_source_sessions: bool = _option(
+        False, "Group events by the source's own session key (events.session_key) instead of "
+        "the inactivity gap; events without a key fall back to the gap.")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -90,22 +90,31 @@ def input_path(context: RunContext) -> str:
 
 
 def run_ingest(context: RunContext):
-    from behaviorgpt.events import ingest_taobao
+    from behaviorgpt.events import ingest_events
     from behaviorgpt.privacy import pseudonymization_key
 
     key = pseudonymization_key(context.config.privacy)
-    stats = ingest_taobao(context.get_spark(), input_path(context), context.layout, key=key,
-                          run_id=context.run_id, run_date=context.run_date)
+    stats = ingest_events(context.get_spark(), input_path(context), context.layout,
+                          settings=context.config.ingest, key=key, run_id=context.run_id,
+                          run_date=context.run_date)
     return stats
 
 
 def run_sessionize(context: RunContext):
-    from behaviorgpt.sessions import SESSIONS_PARTITION, sessionize
+    from behaviorgpt.sessions import SESSIONS_PARTITION, sessionize, sessionize_day
     from behaviorgpt.tables import read_table, write_table
 
-    events = read_table(context.get_spark(), context.layout, EVENTS_TABLE)
-    sessions = sessionize(events, gap_seconds=context.config.session.gap_minutes * 60)
-    write_table(sessions, context.layout, SESSIONS_TABLE, partition_by=[SESSIONS_PARTITION])
+    spark = context.get_spark()
+    settings = context.config.session
+    limits = {"gap_seconds": settings.gap_minutes * 60,
+              "max_duration_seconds": settings.max_duration_minutes * 60,
+              "max_events": settings.max_events,
+              "use_source_sessions": settings.use_source_sessions}
+    if context.config.ingest.scope == "run_date":
+        sessionize_day(spark, context.layout, context.run_date, **limits)
+    else:
+        sessions = sessionize(read_table(spark, context.layout, EVENTS_TABLE), **limits)
+        write_table(sessions, context.layout, SESSIONS_TABLE, partition_by=[SESSIONS_PARTITION])
     return str(context.layout.table(SESSIONS_TABLE))
 
 

@@ -17,6 +17,11 @@ from behaviorgpt.layout import Layout
 log = logging.getLogger(__name__)
 
 
+def table_exists(layout: Layout, name: str) -> bool:
+    """Return whether the Delta table `name` has been written."""
+    return (layout.table(name) / "_delta_log").is_dir()
+
+
 def read_table(spark: SparkSession, layout: Layout, name: str) -> DataFrame:
     """Read the Delta table `name` by path."""
     path = layout.table(name)
