@@ -1,6 +1,6 @@
 """Static check: the code under lib/ never pulls a whole DataFrame or RDD onto the driver.
 
-On a cluster the driver holds one machine's memory while the tables hold every user, so a
+On a cluster the driver has one machine's memory while the tables contain every user, so a
 `collect()` of per-user rows works on a laptop and fails at scale. A call that returns a
 bounded result (a handful of rows, one aggregate) may stay if it is listed in
 `REVIEWED_DRIVER_READS` and its line carries a `# bounded: <why>` comment.

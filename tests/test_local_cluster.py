@@ -2,7 +2,7 @@
 own Python workers, as on a cluster, so driver-side state, closures that do not pickle and
 files that only the driver can see fail here.
 
-The run needs its own SparkSession, so it runs the CLI in a child process; this process's
+The run needs its own SparkSession, so the CLI runs in a child process. The test process's
 session-wide `spark` fixture then reads the tables that the child wrote.
 """
 

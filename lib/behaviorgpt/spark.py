@@ -106,7 +106,7 @@ def prepare_local_cluster_home(folder: Path) -> None:
 
     import pyspark
 
-    # The pip package holds bin/, jars/ and python/ next to its __init__.py.
+    # The pip package has bin/, jars/ and python/ next to its __init__.py.
     package_home = Path(pyspark.__file__).resolve().parent
     if not (package_home / "bin" / "spark-submit").is_file():
         raise RuntimeError(f"pyspark at {package_home} has no bin/spark-submit, so it is not a "
