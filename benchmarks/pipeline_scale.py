@@ -4,9 +4,9 @@
     PYTHONPATH=lib python benchmarks/pipeline_scale.py --sizes 250000,1000000,4000000
 
 For each size the script generates a Taobao-format log with the embedded generator (not
-timed), then runs ingest, sessionize, sequences, one training epoch of `--train-steps`
-optimizer steps per rank, and scoring in a fresh child process, so every size starts a new
-JVM and its memory peaks are its own. Evaluation is left out because it is not part of the
+timed). A fresh child process then runs ingest, sessionize, sequences, one training epoch of
+`--train-steps` optimizer steps per rank, and scoring, so every size starts a new JVM and
+its memory peaks are its own. Evaluation is left out because it is not part of the
 nightly path.
 
 Fixed start-up costs are measured, not guessed. The Spark session start is timed on its
@@ -40,7 +40,6 @@ from pathlib import Path
 
 import psutil
 
-SPARK_STAGES = ("ingest", "sessionize", "sequences", "score")
 STAGES = ("ingest", "sessionize", "sequences", "train", "score")
 LINEAR_TARGET = 1.15
 MEBIBYTE = 1024 * 1024
