@@ -177,3 +177,11 @@ def test_yaml_is_loaded_safely(tmp_path: Path):
 
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(None, conf_dir=tmp_path)
+
+
+def test_max_steps_rejects_negative():
+    with pytest.raises(ConfigError) as error:
+        load_config("local", ["train.max_steps=-1"])
+
+    assert "train.max_steps = -1" in str(error.value)
+    assert "at least 0" in str(error.value)

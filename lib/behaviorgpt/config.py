@@ -132,6 +132,9 @@ class TrainConfig:
     nproc: int = _option(2, "Training processes started by torchrun on this machine.", minimum=1)
     epochs: int = _option(8, "Passes over the training sequences.", minimum=1)
     batch_size: int = _option(32, "Sequences per rank per step.", minimum=1)
+    max_steps: int = _option(
+        0, "Optimizer steps per rank per epoch at most; 0 means a full pass over the rank's "
+        "sequences. Benchmarks set it to time a fixed amount of training.", minimum=0)
     learning_rate: float = _option(3e-3, "AdamW learning rate.", minimum=0.0)
     weight_decay: float = _option(0.01, "AdamW weight decay.", minimum=0.0)
     seed: int = _option(0, "Seed for weights, dropout and data order.")
