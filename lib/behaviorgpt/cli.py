@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--date", help="run date YYYY-MM-DD (default: today, UTC)")
     common.add_argument("--input", help="input event log (file or folder); default: generate one")
     common.add_argument("--root", help="folder for all tables and models (paths.root)")
+    common.add_argument("--full-rescore", action="store_true",
+                        help="score every user instead of only users with new events "
+                             "(sets score.full_rescore=true)")
     common.add_argument("--dry-run", action="store_true",
                         help="print the plan and resolved config, then exit")
 
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"paths.input={arguments.input}")
     if arguments.root:
         overrides.append(f"paths.root={arguments.root}")
+    if arguments.full_rescore:
+        overrides.append("score.full_rescore=true")
 
     try:
         config = load_config(arguments.profile, overrides, arguments.conf)
