@@ -31,6 +31,10 @@ def make_user(items: list[int], categories: list[int], key: str = "u0",
         "time_gap": [1] + [10] * (length - 1),
         "session_start": [1] + [0] * (length - 1),
         "event_time": [1_500_000_000 + 60 * i for i in range(length)],
+        # Raw ids as write_vocab names them; reserved ids (unknown) get "raw<id>".
+        "item_id": [f"i{item}" if item >= NUM_RESERVED_IDS else f"raw{item}" for item in items],
+        "category_id": [f"c{category}" if category >= NUM_RESERVED_IDS else f"raw{category}"
+                        for category in categories],
         "length": length,
     }
 
@@ -104,6 +108,8 @@ def write_shards(sequences_dir: Path, users: list[dict], shard_sizes: list[int],
             **{column: pa.array([row[column] for row in rows], _IDS)
                for column in ("item", "category", "event_type", "time_gap", "session_start")},
             "event_time": pa.array([row["event_time"] for row in rows], pa.list_(pa.int64())),
+            **{column: pa.array([row[column] for row in rows], pa.list_(pa.string()))
+               for column in ("item_id", "category_id")},
             "length": pa.array([row["length"] for row in rows], pa.int32()),
         })
         pq.write_table(table, sequences_dir / name)

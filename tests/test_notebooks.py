@@ -34,11 +34,19 @@ KERNEL_NAME = "behaviorgpt-notebook-test"
 CELL_TIMEOUT_SECONDS = 300
 MODEL_VERSION = "20260101T000000Z"
 
+EVIDENCE_EVENT = pa.struct([("item_id", pa.string()), ("category_id", pa.string()),
+                            ("event_type", pa.string()),
+                            ("event_time", pa.timestamp("us", tz="UTC")),
+                            ("attribution", pa.float64())])
 PROFILES_SCHEMA = pa.schema([
     ("user_key", pa.string()),
     ("top_categories", pa.list_(pa.struct([("category_id", pa.string()),
                                            ("score", pa.float64())]))),
     ("top_items", pa.list_(pa.struct([("item_id", pa.string()), ("score", pa.float64())]))),
+    ("purchase_propensity", pa.float64()),
+    ("return_propensity", pa.float64()),
+    ("evidence", pa.list_(pa.struct([("category_id", pa.string()), ("score", pa.float64()),
+                                     ("events", pa.list_(EVIDENCE_EVENT))]))),
     ("embedding", pa.list_(pa.float32())),
     ("history_length", pa.int32()),
     ("last_event_time", pa.timestamp("us", tz="UTC")),
@@ -52,6 +60,15 @@ INGEST_RUNS_SCHEMA = pa.schema([
     ("duplicates", pa.int64()),
 ])
 QUARANTINE_SCHEMA = pa.schema([("reason", pa.string())])
+MODEL_METRICS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("run_date", pa.date32()),
+    ("model_version", pa.string()),
+    ("task", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("is_baseline", pa.bool_()),
+])
 
 
 def _write_delta(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
@@ -65,6 +82,13 @@ def _profiles_frame() -> pd.DataFrame:
     rows = []
     for number, (category, score) in enumerate(top1):
         rest = (1.0 - score) / 2
+        last_event_time = pd.Timestamp("2017-12-03 10:00", tz="UTC") + pd.Timedelta(minutes=number)
+        # Every user cites two of their own events for the top category; user 6 has none
+        # for its second category (no event raised it).
+        cited = [{"item_id": f"i{number}", "category_id": category, "event_type": kind,
+                  "event_time": last_event_time - pd.Timedelta(hours=hours),
+                  "attribution": weight}
+                 for kind, hours, weight in (("cart", 1, 0.8), ("view", 5, 0.3))]
         rows.append({
             "user_key": f"{number:064x}",
             "top_categories": [{"category_id": category, "score": score},
@@ -72,9 +96,13 @@ def _profiles_frame() -> pd.DataFrame:
             "top_items": [{"item_id": f"i{number}", "score": score / 2},
                           {"item_id": "i99", "score": rest / 2}],
             "embedding": [0.1 * number, -0.2, 0.3, 0.0],
+            "purchase_propensity": [0.05, 0.4, 0.1, 0.3, 0.02, 0.2, 0.15][number],
+            "return_propensity": None,
+            "evidence": [{"category_id": category, "score": score, "events": cited},
+                         {"category_id": "c9", "score": rest,
+                          "events": [] if number == 6 else cited[1:]}],
             "history_length": [3, 50, 12, 50, 7, 25, 41][number],
-            "last_event_time": pd.Timestamp("2017-12-03 10:00", tz="UTC")
-            + pd.Timedelta(minutes=number),
+            "last_event_time": last_event_time,
             "model_version": MODEL_VERSION,
             "run_date": dt.date(2017, 12, 4),
         })
@@ -91,6 +119,13 @@ def analyst_warehouse(tmp_path_factory) -> Path:
     _write_delta(pd.DataFrame({"lines_read": [1000], "accepted": [990], "quarantined": [7],
                                "duplicates": [3]}),
                  INGEST_RUNS_SCHEMA, delta / "ingest_runs")
+    metric_rows = [
+        {"run_id": f"2017-12-0{day}-020000", "run_date": dt.date(2017, 12, day),
+         "model_version": MODEL_VERSION, "task": "next_item", "metric": "hr@10",
+         "value": value, "is_baseline": baseline}
+        for day, value, baseline in ((3, 0.40, False), (4, 0.43, False), (3, 0.29, True),
+                                     (4, 0.29, True))]
+    _write_delta(pd.DataFrame(metric_rows), MODEL_METRICS_SCHEMA, delta / "model_metrics")
     reasons = ["malformed_row"] * 4 + ["missing_id"] * 2 + ["unknown_event_type"]
     _write_delta(pd.DataFrame({"reason": reasons}), QUARANTINE_SCHEMA, delta / "quarantine")
 
@@ -160,6 +195,12 @@ def test_notebook_runs_on_warehouse(name, analyst_warehouse, kernel_spec_manager
     latest_version = (root / "models" / "LATEST").read_text(encoding="utf-8").strip()
     runs = DeltaTable(str(root / "delta" / "ingest_runs")).to_pandas()
     planted_path = root / "generated" / "planted_interests.csv"
+    profiles_full = DeltaTable(str(root / "delta" / "user_interest_profiles")).to_pandas()
+    longest = profiles_full.sort_values(["history_length", "user_key"],
+                                        ascending=[False, True]).iloc[0]
+    cited_events = sum(len(entry["events"]) for entry in longest["evidence"])
+    with_propensity = int(profiles_full["purchase_propensity"].notna().sum())
+    metrics_path = root / "delta" / "model_metrics"
 
     notebook = _execute(name, root, kernel_spec_manager, monkeypatch, tmp_path)
     text = _text_outputs(notebook)
@@ -178,7 +219,21 @@ def test_notebook_runs_on_warehouse(name, analyst_warehouse, kernel_spec_manager
         assert f"planted interests for {planted_users:,} raw user ids" in text
     else:
         assert "not found: this run did not use the generated input" in text
-    assert _image_count(notebook) == 3
+    assert (f"evidence for {len(longest['evidence'])} categories of this user, "
+            f"{cited_events} events cited") in text
+    assert longest["evidence"][0]["events"][0]["item_id"] in text
+    if with_propensity:
+        assert f"purchase propensity for {with_propensity:,} users" in text
+    else:
+        assert "purchase_propensity is empty" in text
+    if DeltaTable.is_deltatable(str(metrics_path)):
+        model_rows = DeltaTable(str(metrics_path)).to_pandas().query("not is_baseline")
+        nights = model_rows["run_date"].nunique()
+        series = len(model_rows[["task", "metric"]].drop_duplicates())
+        assert f"model_metrics: {nights} nights, {series} task metrics" in text
+    else:
+        assert "model_metrics table not found" in text
+    assert _image_count(notebook) == 3 + bool(with_propensity) + metrics_path.is_dir()
 
 
 def test_notebook_fails_without_table(tmp_path, kernel_spec_manager, monkeypatch):

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="id of this run in pipeline_runs, e.g. the orchestrator's run id; "
                              "a retry with the same id and command replaces the earlier row "
                              "(default: <date>-<HHMMSS>)")
+    common.add_argument("--full-rescore", action="store_true",
+                        help="score every user instead of only users with new events "
+                             "(sets score.full_rescore=true)")
     common.add_argument("--dry-run", action="store_true",
                         help="print the plan and resolved config, then exit")
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"paths.input={arguments.input}")
     if arguments.root:
         overrides.append(f"paths.root={arguments.root}")
+    if arguments.full_rescore:
+        overrides.append("score.full_rescore=true")
 
     try:
         config = load_config(arguments.profile, overrides, arguments.conf)

@@ -53,6 +53,10 @@ class SparkConfig:
     jars: list = _option([], "Local jar paths passed as spark.jars, for offline use.")
     arrow_max_records_per_batch: int = _option(
         1024, "spark.sql.execution.arrow.maxRecordsPerBatch for the scoring UDF.", minimum=1)
+    arrow_max_bytes_per_batch: int = _option(
+        64 * 1024 * 1024, "spark.sql.execution.arrow.maxBytesPerBatch, in bytes: caps an Arrow "
+        "batch of wide rows (long histories) sent to the scoring UDF.", minimum=1024,
+        maximum=2**31 - 2)
     extra: dict = _option({}, "Any other Spark settings, passed through unchanged.")
 
 
@@ -167,6 +171,23 @@ class ScoreConfig:
     top_k: int = _option(10, "Categories and items kept per profile.", minimum=1, maximum=1000)
     batch_size: int = _option(256, "Users per model forward pass inside the UDF.", minimum=1)
     num_threads: int = _option(1, "torch threads per Python worker.", minimum=1)
+    evidence_categories: int = _option(
+        3, "Top categories per user that get evidence events; 0 turns evidence off.",
+        minimum=0, maximum=100)
+    evidence_events: int = _option(
+        3, "Past events cited per explained category, the strongest first.", minimum=1,
+        maximum=50)
+    full_rescore: bool = _option(
+        False, "Score every user; false scores only users with new events or a new model.")
+    database: str | None = _option(
+        "behaviorgpt", "Spark catalog database that the profile tables are registered in "
+        "(letters, digits and underscores); empty skips registration.")
+    commit_attempts: int = _option(
+        5, "Attempts of a Delta commit that conflicts with a concurrent writer.", minimum=1,
+        maximum=50)
+    commit_backoff_seconds: float = _option(
+        1.0, "Wait before the first retry of a conflicting commit, in seconds; it doubles on "
+        "each further retry, plus up to 100% random jitter.", minimum=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

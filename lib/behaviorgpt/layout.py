@@ -18,6 +18,7 @@ QUARANTINE_TABLE = "quarantine"
 SESSIONS_TABLE = "sessions"
 PROFILES_TABLE = "user_interest_profiles"
 PIPELINE_RUNS_TABLE = "pipeline_runs"
+PROFILES_HISTORY_TABLE = "user_interest_profiles_history"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class Layout:
     def table(self, name: str) -> Path:
         """Path of the Delta table `name`."""
         return self.root / "delta" / name
+
+    def catalog_database_dir(self, database: str) -> Path:
+        """Folder given as LOCATION to a Spark catalog database (it holds no table data:
+        the registered tables point at their paths under `delta/`)."""
+        return self.root / "catalog" / f"{database}.db"
 
     @property
     def generated_input_dir(self) -> Path:

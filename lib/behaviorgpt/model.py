@@ -91,6 +91,12 @@ class NextEventPrediction:
     """[batch, categories] softmax probabilities; reserved ids get 0."""
     hidden: Tensor
     """[batch, dim] final hidden state at the chosen position (the user embedding)."""
+    purchase_probability: Tensor | None = None
+    """[batch] probability that the user's next event is a purchase, or None while the model
+    has no purchase head. Scoring stores it as `purchase_propensity` when set."""
+    return_probability: Tensor | None = None
+    """[batch] probability that the user returns a purchase, or None while the model has no
+    return head. Scoring stores it as `return_propensity` when set."""
 
 
 class EventEmbedding(nn.Module):
@@ -283,3 +289,38 @@ class BehaviorGPT(nn.Module):
                            (NUM_RESERVED_IDS, 0))
         return NextEventPrediction(item_probabilities=items, category_probabilities=categories,
                                    hidden=state)
+
+    def category_attribution(self, batch: Batch, positions: Tensor,
+                             categories: Tensor) -> Tensor:
+        """Attribute the predicted categories to the input events by gradient x input.
+
+        Args:
+            batch: the users' id streams `[batch, seq]`.
+            positions: `[batch]` position whose next event is predicted (the last input).
+            categories: `[batch, k]` category ids to explain for each row.
+
+        Returns:
+            `[batch, k, seq]` attributions: for category c and position s, the dot product of
+            the gradient of log p(c) with the summed input embedding at s, and that embedding.
+            Positive values raised the category's log-probability, negative ones lowered it.
+            Padding positions after `positions` get exactly 0 (the backbone is causal).
+
+        Runs with gradients on the inputs only, one backward pass per explained category;
+        the parameters are left untouched. Call it with the model in eval mode.
+        """
+        inputs = self.embed(batch).detach().requires_grad_(True)
+        hidden = self.backbone(inputs_embeds=inputs).last_hidden_state
+        state = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+
+        # log p(c) instead of the raw logit, so that an event which raises every category
+        # alike (for example sheer activity) is not evidence for any one of them.
+        log_probabilities = torch.log_softmax(self.real_category_logits(state), dim=-1)
+        chosen = log_probabilities.gather(1, categories - NUM_RESERVED_IDS)
+
+        # Rows do not interact, so the gradient of the batch sum gives each row's gradient.
+        attributions = []
+        for column in range(categories.shape[1]):
+            (gradient,) = torch.autograd.grad(chosen[:, column].sum(), inputs,
+                                              retain_graph=column < categories.shape[1] - 1)
+            attributions.append((gradient * inputs).sum(dim=-1))
+        return torch.stack(attributions, dim=1).detach()

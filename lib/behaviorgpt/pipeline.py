@@ -166,16 +166,25 @@ def run_gate(context: RunContext) -> dict:
 
 
 def run_score(context: RunContext) -> str:
-    from behaviorgpt.scoring import score_users, write_profiles
+    from behaviorgpt.scoring import (read_model_version, score_users, select_users_to_score,
+                                     write_profiles)
 
     spark = context.get_spark()
-    shards = context.layout.sequences_dir / "shards"
     settings = context.config.score
-    profiles = score_users(spark, spark.read.parquet(str(shards)),
-                           context.layout.latest_model_dir(), top_k=settings.top_k,
+    model_dir = context.layout.latest_model_dir()
+    shards = spark.read.parquet(str(context.layout.sequences_dir / "shards"))
+    to_score = select_users_to_score(spark, shards, context.layout,
+                                     model_version=read_model_version(model_dir),
+                                     full_rescore=settings.full_rescore)
+    profiles = score_users(spark, to_score, model_dir, top_k=settings.top_k,
                            batch_size=settings.batch_size, num_threads=settings.num_threads,
-                           run_date=context.run_date)
-    write_profiles(profiles, context.layout)
+                           run_date=context.run_date,
+                           evidence_categories=settings.evidence_categories,
+                           evidence_events=settings.evidence_events)
+    written = write_profiles(spark, profiles, context.layout, run_date=context.run_date,
+                             settings=settings)
+    log.info("score: %d users scored (%s)", written.users_scored,
+             "full rescore" if settings.full_rescore else "incremental")
     return str(context.layout.table(PROFILES_TABLE))
 
 

@@ -1,8 +1,10 @@
 """Build the vocabulary and each user's token sequence, written as Parquet shards for training.
 
 Each shard row is one user: `user_key`, the int32 arrays `item`, `category`, `event_type`,
-`time_gap` and `session_start`, the int64 array `event_time` (Unix seconds), all oldest event
-first and holding the user's most recent `max_len` events, and `length`. The id spaces are
+`time_gap` and `session_start`, the int64 array `event_time` (Unix seconds), the string arrays
+`item_id` and `category_id` (raw ids, so that scoring can name the events it cites as
+evidence), all oldest event first and holding the user's most recent `max_len` events, and
+`length`. The id spaces are
 defined in `behaviorgpt.tokens`.
 
 The vocabulary counts every event except each user's last one, which leave-one-out evaluation
@@ -92,6 +94,8 @@ def tokenize(numbered: DataFrame, items: DataFrame, categories: DataFrame, *,
         F.coalesce(event_type_id, F.lit(tokens.UNKNOWN_ID)).cast("int").alias("event_type"),
         gap_bucket.cast("int").alias("time_gap"),
         F.col("session_start").cast("int").alias("session_start"),
+        F.col("item_id"),
+        F.col("category_id"),
     )
     grouped = joined.groupBy("user_key").agg(F.array_sort(F.collect_list(position)).alias("events"))
 
@@ -100,6 +104,8 @@ def tokenize(numbered: DataFrame, items: DataFrame, categories: DataFrame, *,
         *[F.col("events")[name].alias(name)
           for name in ("item", "category", "event_type", "time_gap", "session_start")],
         F.col("events")["event_ts"].alias("event_time"),
+        F.col("events")["item_id"].alias("item_id"),
+        F.col("events")["category_id"].alias("category_id"),
         F.size("events").cast("int").alias("length"),
     )
 

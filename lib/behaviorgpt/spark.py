@@ -42,6 +42,12 @@ def build_spark_session(config: PipelineConfig) -> SparkSession:
     settings = spark_settings(config)
     builder = SparkSession.builder.appName(config.spark.app_name)
 
+    # PySpark picks the UDF workers' interpreter from PYSPARK_PYTHON (default: `python3` on
+    # PATH), not from spark.pyspark.python, so without this a shell whose PATH lacks the venv
+    # starts workers that cannot import pandas or torch.
+    if not launched_by_spark_submit():
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
     # Under spark-submit the master and the jars come from its command line, which must win.
     if not launched_by_spark_submit():
         builder = builder.master(config.spark.master)
@@ -71,6 +77,7 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.spark.arrow_max_records_per_batch),
+        "spark.sql.execution.arrow.maxBytesPerBatch": str(config.spark.arrow_max_bytes_per_batch),
         "spark.ui.showConsoleProgress": "false",
         # Honoured when spark-submit starts the driver; a driver started from plain Python
         # sets PYSPARK_PYTHON instead (see build_spark_session).

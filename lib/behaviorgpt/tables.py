@@ -8,13 +8,90 @@ by an explicit `replaceWhere` predicate. Column layouts are documented in `docs/
 from __future__ import annotations
 
 import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
+from delta.exceptions.base import (ConcurrentAppendException,
+                                   ConcurrentDeleteDeleteException,
+                                   ConcurrentDeleteReadException,
+                                   ConcurrentTransactionException, ConcurrentWriteException,
+                                   DeltaConcurrentModificationException,
+                                   MetadataChangedException, ProtocolChangedException)
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from behaviorgpt.layout import Layout
 
 log = logging.getLogger(__name__)
+
+COMMIT_CONFLICTS = (DeltaConcurrentModificationException, ConcurrentWriteException,
+                    MetadataChangedException, ProtocolChangedException,
+                    ConcurrentAppendException, ConcurrentDeleteReadException,
+                    ConcurrentDeleteDeleteException, ConcurrentTransactionException)
+"""Delta's commit-conflict exceptions (delta-spark 4.4). In Python they share no base class
+besides PySparkException, so they are listed one by one."""
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+"""Database and table names accepted for catalog registration; they are spliced into SQL."""
+
+Result = TypeVar("Result")
+
+
+class CommitConflictError(RuntimeError):
+    """A Delta commit kept conflicting with concurrent writers after every allowed attempt."""
+
+
+def retry_commit_conflicts(operation: Callable[[], Result], *, table: str, attempts: int,
+                           backoff_seconds: float) -> tuple[Result, int]:
+    """Run `operation`, a whole Delta transaction, again while it fails on a commit conflict.
+
+    A conflict means another writer committed to the table after this transaction read it.
+    Rerunning the whole operation reads the new version, so the retry sees the other writer's
+    rows and neither writer's rows are lost. The wait before retry n (n >= 1) is
+    `backoff_seconds * 2**(n-1)` times a random factor in [1, 2), so that two writers that
+    collided do not collide again in lockstep.
+
+    Returns:
+        The operation's result and the number of attempts it took.
+
+    Raises:
+        CommitConflictError: the last of `attempts` attempts still conflicted; the Delta
+            exception is its cause.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation(), attempt
+        except COMMIT_CONFLICTS as error:
+            conflict = type(error).__name__
+            if attempt == attempts:
+                raise CommitConflictError(
+                    f"Delta table {table!r}: the commit conflicted with a concurrent writer "
+                    f"{attempts} times ({conflict}) and was given up. Nothing of this attempt "
+                    f"was committed. Fix: rerun the job when the other writer has finished, "
+                    f"or raise score.commit_attempts") from error
+            delay = backoff_seconds * 2 ** (attempt - 1) * (1 + random.random())
+            log.warning("Delta table %s: commit conflict (%s) on attempt %d of %d; retrying "
+                        "in %.1f s", table, conflict, attempt, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def deduplicate(df: DataFrame, key: str, *, newest_first: list[str]) -> DataFrame:
+    """Keep one row per `key`: the first by the `newest_first` columns, all descending.
+
+    MERGE fails when two source rows match one target row, so every upsert source goes
+    through here. Rows that tie on every ordering column are identical for the merge's
+    purposes only when they are equal; the final tie-break on the whole row as JSON makes the
+    pick deterministic, so reruns choose the same row.
+    """
+    ordering = [F.col(name).desc_nulls_last() for name in newest_first]
+    ordering.append(F.to_json(F.struct(*df.columns)).asc())
+    ranked = df.withColumn("_row", F.row_number().over(Window.partitionBy(key).orderBy(*ordering)))
+    return ranked.where(F.col("_row") == 1).drop("_row")
 
 
 def table_exists(layout: Layout, name: str) -> bool:
@@ -64,3 +141,64 @@ def write_table(df: DataFrame, layout: Layout, name: str, *, partition_by: list[
 
     writer.save(path)
     log.info("wrote Delta table %s at %s", name, path)
+
+
+def merge_table(spark: SparkSession, source: DataFrame, layout: Layout, name: str, *, key: str,
+                newest_first: list[str], attempts: int, backoff_seconds: float) -> int:
+    """Upsert `source` into the Delta table `name`, one row per `key`, and return the attempts.
+
+    The table is created with the source's schema when it does not exist. Duplicate keys in
+    `source` keep the newest row by `newest_first` (see `deduplicate`). A matched row is
+    replaced only when the source's `newest_first[0]` column is >= the table's, so a rerun of
+    an older date cannot overwrite a newer row. Commit conflicts are retried by
+    `retry_commit_conflicts`.
+    """
+    from delta.tables import DeltaTable
+
+    path = str(layout.table(name))
+    unique = deduplicate(source, key, newest_first=newest_first)
+    newer_or_equal = newest_first[0]
+
+    def upsert() -> None:
+        # Creating inside the retried operation: two first runs may race to create the table.
+        # An empty write (rather than DeltaTable.createIfNotExists) makes nested fields
+        # nullable, because Delta rejects NOT NULL inside arrays. limit(0) runs no source job.
+        source.limit(0).write.format("delta").mode("ignore").save(path)
+        target = DeltaTable.forPath(spark, path)
+        (target.alias("target")
+         .merge(unique.alias("source"), f"target.`{key}` = source.`{key}`")
+         .whenMatchedUpdateAll(
+             condition=f"source.`{newer_or_equal}` >= target.`{newer_or_equal}`")
+         .whenNotMatchedInsertAll()
+         .execute())
+
+    _, used = retry_commit_conflicts(upsert, table=name, attempts=attempts,
+                                     backoff_seconds=backoff_seconds)
+    log.info("merged into Delta table %s at %s (%d attempt(s))", name, path, used)
+    return used
+
+
+def register_table(spark: SparkSession, layout: Layout, name: str, database: str) -> str:
+    """Register the Delta table `name` in the Spark catalog as `database.name`, by path.
+
+    The catalog entry points at the table's folder, so path readers and SQL readers see the
+    same data. Returns the qualified name. Re-registering an existing entry is a no-op.
+
+    NOTE: in local mode Spark's catalog lives in memory and is gone with the session; on a
+    cluster with a Hive metastore or Unity Catalog the entry persists.
+    """
+    for identifier in (database, name):
+        if not IDENTIFIER.fullmatch(identifier):
+            raise ValueError(f"catalog name {identifier!r} is invalid: use letters, digits and "
+                             f"underscores, starting with a letter or underscore (score.database)")
+    location = str(layout.table(name))
+    database_dir = str(layout.catalog_database_dir(database))
+    for path in (location, database_dir):
+        if "'" in path or "\\" in path:
+            raise ValueError(f"path {path!r} contains a quote or backslash, which cannot be "
+                             f"registered in the catalog safely. Fix: choose another paths.root")
+
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}` LOCATION '{database_dir}'")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA "
+              f"LOCATION '{location}'")
+    return f"{database}.{name}"
