@@ -69,7 +69,7 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
         batch_size: users per forward pass.
         evidence_categories: how many of the top categories get evidence (0 turns the
             attribution pass off).
-        evidence_events: the most events cited per explained category.
+        evidence_events: maximum events cited per explained category.
 
     Returns:
         A DataFrame with the same index and row order as `frame`. Its columns are
@@ -140,7 +140,7 @@ def explain_top_categories(loaded: LoadedModel, batch: Batch, category_ids: np.n
 
     Attribution is gradient x input on the summed input embeddings
     (`BehaviorGPT.category_attribution`). For each explained category the events with the
-    largest positive attribution are kept, at most `max_events`, largest first; an event
+    largest positive attribution are kept, at most `max_events`, largest first. An event
     that lowered the category's probability is never cited.
 
     Args:

@@ -12,8 +12,8 @@ Tables (columns are documented in `docs/tables.md`):
   `run_date` and replaced per date with `replaceWhere`.
 
 In incremental mode (the default) only users whose sequence changed since their stored profile
-(a different last event time or history length) or whose profile came from another model
-version are scored; `score.full_rescore` scores everyone.
+(a different last event time or history length) are scored, and users whose profile came from
+another model version. `score.full_rescore` scores everyone.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ EVENT_TYPE_NAMES = {index + 2: name for index, name in enumerate(EVENT_TYPES)}
 """Event type token id -> canonical name; any other id is reported as "unknown"."""
 
 NEWEST_FIRST = ["run_date", "last_event_time", "history_length"]
-"""Which of several rows of one user wins, in order: the later run, then the later last event,
+"""Tie-break order among several rows of one user: the later run, then the later last event,
 then the longer history."""
 
 _loaded_models: dict = {}
@@ -80,7 +80,7 @@ def select_users_to_score(spark: SparkSession, sequences: DataFrame, layout: Lay
     """Return the sequence rows to score: all of them, or only those whose profile is stale.
 
     A stored profile is current when it has the same `model_version`, the same
-    `history_length` and the same `last_event_time` as the sequence; any new event moves the
+    `history_length` and the same `last_event_time` as the sequence. Any new event moves the
     last event time, so such a user is rescored.
 
     NOTE: a late event older than the user's last event, in a sequence already at max_len

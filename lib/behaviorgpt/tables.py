@@ -50,8 +50,8 @@ def retry_commit_conflicts(operation: Callable[[], Result], *, table: str, attem
     """Run `operation`, a whole Delta transaction, again while it fails on a commit conflict.
 
     A conflict means another writer committed to the table after this transaction read it.
-    Rerunning the whole operation reads the new version, so the retry sees the other writer's
-    rows and neither writer's rows are lost. The wait before retry n (n >= 1) is
+    Rerunning the whole operation reads the new version, so the retry includes the other
+    writer's rows and neither writer's rows are lost. The wait before retry n (n >= 1) is
     `backoff_seconds * 2**(n-1)` times a random factor in [1, 2), so that two writers that
     collided do not collide again in lockstep.
 
@@ -84,9 +84,8 @@ def deduplicate(df: DataFrame, key: str, *, newest_first: list[str]) -> DataFram
     """Keep one row per `key`: the first by the `newest_first` columns, all descending.
 
     MERGE fails when two source rows match one target row, so every upsert source goes
-    through here. Rows that tie on every ordering column are identical for the merge's
-    purposes only when they are equal; the final tie-break on the whole row as JSON makes the
-    pick deterministic, so reruns choose the same row.
+    through here. A final tie-break on the whole row as JSON makes the pick deterministic
+    among rows that tie on every ordering column, so reruns choose the same row.
     """
     ordering = [F.col(name).desc_nulls_last() for name in newest_first]
     ordering.append(F.to_json(F.struct(*df.columns)).asc())
