@@ -157,13 +157,23 @@ def run_gate(context: RunContext) -> dict:
 
 
 def run_score(context: RunContext) -> str:
+    """Score every user with the serving model (`models/LATEST`) and write the profiles."""
     from behaviorgpt.scoring import score_users, write_profiles
+    from behaviorgpt.vocab_alignment import align_to_vocabulary, vocabulary_hash
 
     spark = context.get_spark()
-    shards = context.layout.sequences_dir / "shards"
+    layout = context.layout
+    model_dir = layout.latest_model_dir()
+    sequences = spark.read.parquet(str(layout.sequences_dir / "shards"))
+
+    # After the gate kept an older model, tonight's token ids mean other items to that model.
+    if vocabulary_hash(model_dir / "vocab") != vocabulary_hash(layout.vocab_dir):
+        log.warning("serving model %s was trained with another vocabulary than tonight's "
+                    "sequences: mapping their ids to the model's vocabulary", model_dir.name)
+        sequences = align_to_vocabulary(spark, sequences, layout.vocab_dir, model_dir / "vocab")
+
     settings = context.config.score
-    profiles = score_users(spark, spark.read.parquet(str(shards)),
-                           context.layout.latest_model_dir(), top_k=settings.top_k,
+    profiles = score_users(spark, sequences, model_dir, top_k=settings.top_k,
                            batch_size=settings.batch_size, num_threads=settings.num_threads,
                            run_date=context.run_date)
     write_profiles(profiles, context.layout)
