@@ -4,7 +4,8 @@ Training points `models/CANDIDATE` at the new model; evaluation writes its `metr
 gate compares the candidate's next-item NDCG@10 with that of the serving model (`models/LATEST`)
 and moves `LATEST` to the candidate unless the score dropped by more than
 `quality_gate.max_ndcg_drop`. Scoring only ever reads `LATEST`, so a rejected model never
-reaches the profiles. The decision is saved as `gate.json` in the candidate's folder, which
+reaches the profiles; it maps tonight's token ids into a kept model's older vocabulary
+(`behaviorgpt.vocab_alignment`). The decision is saved as `gate.json` in the candidate's folder, which
 makes a rerun (an Airflow retry) repeat it instead of comparing the candidate with itself.
 
 NOTE: each model's metrics.json was measured on the test events of its own night, so the two

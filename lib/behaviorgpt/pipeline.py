@@ -166,14 +166,28 @@ def run_gate(context: RunContext) -> dict:
 
 
 def run_score(context: RunContext) -> str:
+    """Score users with the serving model (`models/LATEST`) and write the profiles.
+
+    Incremental by default: only users with new events since their last profile are scored,
+    unless `score.full_rescore` is set.
+    """
     from behaviorgpt.scoring import (read_model_version, score_users, select_users_to_score,
                                      write_profiles)
+    from behaviorgpt.vocab_alignment import align_to_vocabulary, vocabulary_hash
 
     spark = context.get_spark()
+    layout = context.layout
     settings = context.config.score
-    model_dir = context.layout.latest_model_dir()
-    shards = spark.read.parquet(str(context.layout.sequences_dir / "shards"))
-    to_score = select_users_to_score(spark, shards, context.layout,
+    model_dir = layout.latest_model_dir()
+    sequences = spark.read.parquet(str(layout.sequences_dir / "shards"))
+
+    # After the gate kept an older model, tonight's token ids mean other items to that model.
+    if vocabulary_hash(model_dir / "vocab") != vocabulary_hash(layout.vocab_dir):
+        log.warning("serving model %s was trained with another vocabulary than tonight's "
+                    "sequences: mapping their ids to the model's vocabulary", model_dir.name)
+        sequences = align_to_vocabulary(spark, sequences, layout.vocab_dir, model_dir / "vocab")
+
+    to_score = select_users_to_score(spark, sequences, layout,
                                      model_version=read_model_version(model_dir),
                                      full_rescore=settings.full_rescore)
     profiles = score_users(spark, to_score, model_dir, top_k=settings.top_k,
