@@ -111,9 +111,9 @@ def test_below_minimum_names_bound():
 
 def test_bad_choice_lists_allowed_values():
     with pytest.raises(ConfigError) as error:
-        load_config("local", ["ingest.format=retailrocket"])
+        load_config("local", ["ingest.format=parquet_dump"])
 
-    assert "ingest.format = 'retailrocket'" in str(error.value)
+    assert "ingest.format = 'parquet_dump'" in str(error.value)
     assert "allowed values are taobao" in str(error.value)
 
 
