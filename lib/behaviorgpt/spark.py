@@ -37,6 +37,10 @@ def build_spark_session(config: PipelineConfig) -> SparkSession:
     # Under spark-submit the master and the jars come from its command line, which must win.
     if not launched_by_spark_submit():
         builder = builder.master(config.spark.master)
+        # A SparkContext started from Python picks its workers' interpreter from
+        # PYSPARK_PYTHON (default `python3` on PATH) and ignores spark.pyspark.python, so
+        # without this the Python UDFs could run outside this virtual environment.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     for key, value in settings.items():
         builder = builder.config(key, value)
