@@ -15,11 +15,11 @@ these columns (see `docs/tables.md` for the table layout):
 - `anchor_time`: time of the last input event;
 - `label_start_time`: start of the label windows, the anchor time, or the cutoff for a
   temporal test example;
-- the window labels, counted over the events after the last input event whose time is
-  before `label_start_time + window` and that the split may see (see below):
-  `category_interest` (sorted distinct category ids, unknown id excluded),
-  `purchase_label` (1 if one of them is a purchase) and `return_label` (1 if one of them
-  starts a new session, within `return_days`);
+- the window labels. They count the label events: the events after the last input event
+  that the split may see (see below) and whose time is before `label_start_time + window`.
+  `category_interest` is the sorted set of their category ids (unknown id excluded),
+  `purchase_label` is 1 if one of them is a purchase, and `return_label` is 1 if one of them
+  starts a new session;
 - `observed_until`: the events a split may see end before this time (Unix seconds), or
   null when the split sees every event. A label window that ends later may be incomplete.
 
@@ -39,9 +39,13 @@ latest first, at most `max_windows_per_user` of them. With the default stride of
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from behaviorgpt import tokens
 
@@ -53,10 +57,23 @@ STREAM_COLUMNS = ("item", "category", "event_type", "time_gap", "session_start")
 
 PURCHASE_ID = tokens.EVENT_TYPE_IDS["purchase"]
 
+EXAMPLES_FORMAT_VERSION = 1
+
+_IDS = pa.list_(pa.int32())
+EXAMPLE_SCHEMA = pa.schema([
+    ("example_id", pa.string()), ("user_key", pa.string()), ("split", pa.string()),
+    *[(name, _IDS) for name in STREAM_COLUMNS],
+    ("event_time", pa.list_(pa.int64())), ("length", pa.int32()), ("num_inputs", pa.int32()),
+    ("anchor_time", pa.int64()), ("label_start_time", pa.int64()),
+    ("observed_until", pa.int64()), ("category_interest", _IDS),
+    ("purchase_label", pa.int32()), ("return_label", pa.int32()),
+])
+"""Columns of the example shards; `docs/tables.md` gives each one's meaning."""
+
 
 @dataclass(frozen=True)
 class ExampleSettings:
-    """How histories become examples; all times are Unix seconds."""
+    """Settings that turn histories into examples. All times are Unix seconds."""
 
     protocol: str
     max_len: int
@@ -189,3 +206,65 @@ def _example(user_key: str, split: str, arrays: dict, *, end: int, visible: int,
         "return_label": int(np.any(session_starts == 1)),
     }
     return example
+
+
+def write_examples_manifest(examples_dir: Path, files: list[dict], *, settings: ExampleSettings,
+                            num_shards: int, rows_per_row_group: int,
+                            vocab_manifest: dict) -> dict:
+    """Write `examples_dir/manifest.json`: the files of each split with row counts."""
+    splits: dict[str, dict] = {}
+    for entry in files:
+        split = splits.setdefault(entry["split"], {"rows": 0, "files": []})
+        split["rows"] += entry["rows"]
+        split["files"].append({key: entry[key] for key in ("file", "shard", "rows", "row_groups")})
+    manifest = {
+        "format_version": EXAMPLES_FORMAT_VERSION,
+        "protocol": settings.protocol,
+        "cutoff": settings.cutoff,
+        "max_len": settings.max_len,
+        "stride": settings.window_stride,
+        "max_windows_per_user": settings.max_windows_per_user,
+        "label_windows_seconds": {"category_interest": settings.category_window_seconds,
+                                  "purchase": settings.purchase_window_seconds,
+                                  "return": settings.return_window_seconds},
+        "num_shards": num_shards,
+        "rows_per_row_group": rows_per_row_group,
+        "vocab_hash": vocab_manifest["hash"],
+        "splits": splits,
+    }
+    (examples_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n",
+                                                encoding="utf-8")
+    return manifest
+
+
+class RowGroupWriter:
+    """Buffer rows of one Parquet file and write them in row groups of a fixed size."""
+
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_row_group: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(str(path), schema)
+        self.schema = schema
+        self.rows_per_row_group = rows_per_row_group
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows = 0
+        self.row_groups = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.rows_per_row_group:
+            buffered = pa.concat_tables(self.pending)
+            self._flush(buffered.slice(0, self.rows_per_row_group))
+            rest = buffered.slice(self.rows_per_row_group)
+            self.pending, self.pending_rows = [rest], rest.num_rows
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._flush(pa.concat_tables(self.pending))
+        self.writer.close()
+
+    def _flush(self, table: pa.Table) -> None:
+        self.writer.write_table(table.cast(self.schema), row_group_size=table.num_rows)
+        self.rows += table.num_rows
+        self.row_groups += 1

@@ -5,10 +5,10 @@ Each row of `sequences/shards/` is one user: `user_key`, the int32 arrays `item`
 oldest event first and holding the user's most recent `max_len` events, and `length`. The
 evaluation and scoring jobs read these rows.
 
-`sequences/examples/<split>/part-<shard>.parquet` hold the examples of `behaviorgpt.examples`
-(training examples with their task labels, and the validation and test examples of the
-configured split protocol), written by the executors with a fixed number of rows per row
-group; `sequences/examples/manifest.json` lists them with their row counts. Shard s belongs
+`sequences/examples/<split>/part-<shard>.parquet` contain the examples of
+`behaviorgpt.examples`: training examples with their task labels, and the validation and test
+examples of the configured split protocol. The executors write them with a fixed number of
+rows per row group, and `sequences/examples/manifest.json` lists them with their row counts. Shard s belongs
 to training rank s % world_size. The id spaces are defined in `behaviorgpt.tokens` and
 `behaviorgpt.vocabulary`.
 
@@ -32,25 +32,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from behaviorgpt import tokens
-from behaviorgpt.examples import STREAM_COLUMNS, ExampleSettings, user_examples
+from behaviorgpt.examples import (EXAMPLE_SCHEMA, STREAM_COLUMNS, ExampleSettings,
+                                  RowGroupWriter, user_examples, write_examples_manifest)
 from behaviorgpt.layout import Layout
 from behaviorgpt.vocabulary import (build_vocabulary, reuse_frozen_vocabulary, token_id_column,
                                     write_vocabulary)
 
 log = logging.getLogger(__name__)
-
-EXAMPLES_FORMAT_VERSION = 1
-
-_IDS = pa.list_(pa.int32())
-EXAMPLE_SCHEMA = pa.schema([
-    ("example_id", pa.string()), ("user_key", pa.string()), ("split", pa.string()),
-    *[(name, _IDS) for name in STREAM_COLUMNS],
-    ("event_time", pa.list_(pa.int64())), ("length", pa.int32()), ("num_inputs", pa.int32()),
-    ("anchor_time", pa.int64()), ("label_start_time", pa.int64()),
-    ("observed_until", pa.int64()), ("category_interest", _IDS),
-    ("purchase_label", pa.int32()), ("return_label", pa.int32()),
-])
-"""Columns of the example shards; `docs/tables.md` gives each one's meaning."""
 
 _SHARD_SUMMARY = "split string, shard int, file string, rows long, row_groups int"
 
@@ -207,7 +195,7 @@ def write_example_shards(examples: DataFrame, examples_dir: Path, *, num_shards:
     """Write `examples_dir/<split>/part-<shard>.parquet` on the executors; return the files.
 
     A user's examples all go to shard `pmod(xxhash64(user_key), num_shards)`. Each shard file
-    is written by the one task that holds the shard, in example-id order, with row groups of
+    is written by the one task that processes the shard, in example-id order, with row groups of
     exactly `rows_per_row_group` rows (the last one smaller). Spark's Parquet writer sizes row
     groups in bytes only, hence the pyarrow writer.
 
@@ -219,7 +207,7 @@ def write_example_shards(examples: DataFrame, examples_dir: Path, *, num_shards:
     schema = EXAMPLE_SCHEMA
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        writers: dict[tuple[str, int], _RowGroupWriter] = {}
+        writers: dict[tuple[str, int], RowGroupWriter] = {}
         for batch in batches:
             table = pa.Table.from_batches([batch])
             keys = table.select(["split", "shard"]).group_by(["split", "shard"]).aggregate([])
@@ -227,7 +215,7 @@ def write_example_shards(examples: DataFrame, examples_dir: Path, *, num_shards:
                                     keys.column("shard").to_pylist()):
                 key = (split, shard)
                 if key not in writers:
-                    writers[key] = _RowGroupWriter(Path(target) / split / f"part-{shard:05d}.parquet",
+                    writers[key] = RowGroupWriter(Path(target) / split / f"part-{shard:05d}.parquet",
                                                    schema, rows_per_row_group)
                 chosen = pc.and_(pc.equal(table.column("split"), split),
                                  pc.equal(table.column("shard"), shard))
@@ -247,39 +235,6 @@ def write_example_shards(examples: DataFrame, examples_dir: Path, *, num_shards:
                .sortWithinPartitions("split", "shard", "example_id"))
     files = sharded.mapInArrow(write, _SHARD_SUMMARY).collect()
     return sorted((row.asDict() for row in files), key=lambda row: row["file"])
-
-
-class _RowGroupWriter:
-    """Buffer rows of one Parquet file and write them in row groups of a fixed size."""
-
-    def __init__(self, path: Path, schema: pa.Schema, rows_per_row_group: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = pq.ParquetWriter(str(path), schema)
-        self.schema = schema
-        self.rows_per_row_group = rows_per_row_group
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.rows = 0
-        self.row_groups = 0
-
-    def write(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        while self.pending_rows >= self.rows_per_row_group:
-            buffered = pa.concat_tables(self.pending)
-            self._flush(buffered.slice(0, self.rows_per_row_group))
-            rest = buffered.slice(self.rows_per_row_group)
-            self.pending, self.pending_rows = [rest], rest.num_rows
-
-    def close(self) -> None:
-        if self.pending_rows:
-            self._flush(pa.concat_tables(self.pending))
-        self.writer.close()
-
-    def _flush(self, table: pa.Table) -> None:
-        self.writer.write_table(table.cast(self.schema), row_group_size=table.num_rows)
-        self.rows += table.num_rows
-        self.row_groups += 1
 
 
 def build_sequences(spark: SparkSession, sessions: DataFrame, layout: Layout, *, max_len: int,
@@ -348,35 +303,6 @@ def build_sequences(spark: SparkSession, sessions: DataFrame, layout: Layout, *,
     return manifest
 
 
-def write_examples_manifest(examples_dir: Path, files: list[dict], *, settings: ExampleSettings,
-                            num_shards: int, rows_per_row_group: int,
-                            vocab_manifest: dict) -> dict:
-    """Write `examples_dir/manifest.json`: the files of each split with row counts."""
-    splits: dict[str, dict] = {}
-    for entry in files:
-        split = splits.setdefault(entry["split"], {"rows": 0, "files": []})
-        split["rows"] += entry["rows"]
-        split["files"].append({key: entry[key] for key in ("file", "shard", "rows", "row_groups")})
-    manifest = {
-        "format_version": EXAMPLES_FORMAT_VERSION,
-        "protocol": settings.protocol,
-        "cutoff": settings.cutoff,
-        "max_len": settings.max_len,
-        "stride": settings.window_stride,
-        "max_windows_per_user": settings.max_windows_per_user,
-        "label_windows_seconds": {"category_interest": settings.category_window_seconds,
-                                  "purchase": settings.purchase_window_seconds,
-                                  "return": settings.return_window_seconds},
-        "num_shards": num_shards,
-        "rows_per_row_group": rows_per_row_group,
-        "vocab_hash": vocab_manifest["hash"],
-        "splits": splits,
-    }
-    (examples_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n",
-                                                encoding="utf-8")
-    return manifest
-
-
 def write_shard_manifest(sequences_dir: Path, shards_dir: Path, *, max_len: int,
                          vocab_manifest: dict) -> dict:
     """List the shard files with their row counts (from Parquet footers) in `manifest.json`."""
@@ -396,7 +322,7 @@ def write_shard_manifest(sequences_dir: Path, shards_dir: Path, *, max_len: int,
 def _spark_schema(schema: pa.Schema) -> str:
     """Spark DDL of the Arrow schema of the examples."""
     names = {pa.string(): "string", pa.int32(): "int", pa.int64(): "long",
-             _IDS: "array<int>", pa.list_(pa.int64()): "array<long>"}
+             pa.list_(pa.int32()): "array<int>", pa.list_(pa.int64()): "array<long>"}
     return ", ".join(f"{field.name} {names[field.type]}" for field in schema)
 
 

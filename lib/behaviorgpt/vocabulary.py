@@ -79,7 +79,7 @@ def write_vocabulary(vocab_dir: Path, vocabularies: dict[str, DataFrame], *, oov
     `details` (min counts, training window, ...) is copied into the manifest as is.
 
     NOTE: each vocabulary is written through one Spark partition, so a vocabulary must fit
-    one executor task (tens of millions of ids do); the driver never holds it.
+    one executor task (tens of millions of ids do). The driver never loads it.
     """
     vocab_dir.mkdir(parents=True, exist_ok=True)
     for kind, frame in vocabularies.items():
@@ -154,7 +154,7 @@ def reuse_frozen_vocabulary(spark: SparkSession, frozen_dir: str | Path,
     manifest = write_vocabulary_manifest(vocab_dir, oov_buckets=int(frozen.get("oov_buckets", 0)),
                                          details=details)
 
-    # Read the copies, not the frozen folder, so a later rewrite of that folder cannot race.
+    # Read the copies, so this run does not depend on the frozen folder after this point.
     frames = {kind: spark.read.parquet(str(vocab_dir / f"{kind}.parquet"))
               for kind in VOCAB_KINDS}
     log.info("reusing frozen vocabulary %s (%d items, %d categories)", frozen["hash"][:12],
