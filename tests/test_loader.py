@@ -139,3 +139,30 @@ def test_batch_targets_and_labels(taobao_sequences):
     assert set(batch.purchase_label.tolist()) <= {0, 1}
     assert set(batch.return_label.tolist()) <= {0, 1}
     assert batch.category_interest.shape[0] == len(rows)
+
+
+def test_real_train_examples_end_before_holdout(taobao_sequences):
+    manifest = read_examples_manifest(taobao_sequences)
+    ends = {}
+    for split in ("train", "test"):
+        for entry in manifest["splits"][split]["files"]:
+            table = pq.read_table(taobao_sequences / "examples" / entry["file"],
+                                  columns=["user_key", "example_id", "event_time",
+                                           "observed_until"])
+            for row in table.to_pylist():
+                end = int(row["example_id"].rsplit("/", 1)[1])
+                ends.setdefault((split, row["user_key"]), []).append((end, row))
+
+    checked = 0
+    for (split, user), examples in ends.items():
+        if split != "train":
+            continue
+        test_end, test_row = ends[("test", user)][0]
+        validation_time = test_row["event_time"][-2]
+        for end, row in examples:
+            # Training never reaches the last two events (validation and test).
+            assert end <= test_end - 2
+            assert row["observed_until"] == validation_time
+            assert max(row["event_time"]) <= validation_time
+            checked += 1
+    assert checked == manifest["splits"]["train"]["rows"]

@@ -6,8 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from behaviorgpt import tokens
+from behaviorgpt.config import load_config
 from behaviorgpt.layout import Layout
-from behaviorgpt.sequences import build_sequences
+from behaviorgpt.sequences import build_sequences, example_settings
 from behaviorgpt.sessions import sessionize
 
 BASE = 1_511_658_000
@@ -129,3 +130,42 @@ def test_frozen_vocabulary_and_examples(spark, tmp_path):
     assert rows["u1"]["item"] == [5, 5, 4, 4, bucket_of_c]
     assert rows["u3"]["item"][-1] == 5
     assert all(6 <= item < 9 for item in rows["u3"]["item"][:3])
+
+
+@pytest.mark.slow
+def test_temporal_examples(spark, tmp_path):
+    layout = Layout.from_root(tmp_path)
+    day_two = BASE + 86_400  # BASE is 01:00 UTC, so the derived cutoff is 23 h after it
+    sessions = make_sessions(spark, [
+        ("u1", "A", "X", "view", BASE),
+        ("u1", "B", "Y", "view", BASE + 10),
+        ("u1", "C", "X", "cart", BASE + 20),
+        ("u1", "D", "X", "purchase", day_two),
+        ("u2", "B", "Y", "view", day_two),
+    ])
+    config = load_config("local", ["examples.protocol=temporal", "sequences.max_len=10"])
+    settings = example_settings(config, sessions)
+
+    build_sequences(spark, sessions, layout, max_len=10, min_item_count=1, num_shards=2,
+                    settings=settings)
+
+    assert settings.cutoff == BASE + 23 * 3600
+    examples_dir = layout.sequences_dir / "examples"
+    manifest = json.loads((examples_dir / "manifest.json").read_text())
+    rows = {}
+    for split, part in manifest["splits"].items():
+        for entry in part["files"]:
+            for row in pq.read_table(examples_dir / entry["file"]).to_pylist():
+                rows[(split, row["user_key"])] = row
+    assert set(rows) == {("train", "u1"), ("test", "u1")}
+    # The vocabulary counts events before the cutoff only, so D is unknown.
+    items = pq.read_table(layout.vocab_dir / "items.parquet").column("raw_id").to_pylist()
+    assert "D" not in items
+    train, test = rows[("train", "u1")], rows[("test", "u1")]
+    assert len(train["item"]) == 3
+    assert train["purchase_label"] == 0
+    assert train["observed_until"] == settings.cutoff
+    assert test["item"][-1] == tokens.UNKNOWN_ID
+    assert test["num_inputs"] == 3
+    assert test["purchase_label"] == 1
+    assert test["return_label"] == 1

@@ -81,8 +81,11 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
                             index=frame.index)
 
     sequences = EventSequences.from_frame(frame, loaded.config.max_len)
-    item_k = min(top_k, loaded.config.num_items - NUM_RESERVED_IDS)
-    category_k = min(top_k, loaded.config.num_categories - NUM_RESERVED_IDS)
+    # Hashed out-of-vocabulary buckets follow the vocabulary and have no raw id to return.
+    item_end = _named_id_end(loaded.item_raw_ids)
+    category_end = _named_id_end(loaded.category_raw_ids)
+    item_k = min(top_k, item_end - NUM_RESERVED_IDS)
+    category_k = min(top_k, category_end - NUM_RESERVED_IDS)
     columns: dict[str, list] = {name: [] for name in PREDICTION_COLUMNS}
 
     with torch.inference_mode():
@@ -91,9 +94,10 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
             batch = make_batch(sequences, rows, "score").to(loaded.device)
             prediction = loaded.model.predict_next_event(batch, batch.last_positions)
 
-            item_scores, item_ids = top_real_ids(prediction.item_probabilities, item_k)
+            item_scores, item_ids = top_real_ids(prediction.item_probabilities, item_k,
+                                                 end=item_end)
             category_scores, category_ids = top_real_ids(prediction.category_probabilities,
-                                                         category_k)
+                                                         category_k, end=category_end)
             columns["top_item_ids"].extend(loaded.item_raw_ids[item_ids].tolist())
             columns["top_item_scores"].extend(item_scores.tolist())
             columns["top_category_ids"].extend(loaded.category_raw_ids[category_ids].tolist())
@@ -103,13 +107,21 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
     return pd.DataFrame(columns, index=frame.index)
 
 
-def top_real_ids(probabilities: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_real_ids(probabilities: torch.Tensor, k: int,
+                 end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return the `k` best non-reserved ids of `[batch, ids]` probabilities.
 
-    Returns (scores, ids), each a `[batch, k]` numpy array, best first.
+    Only ids below `end` compete when it is given. Returns (scores, ids), each a `[batch, k]`
+    numpy array, best first.
     """
-    scores, indices = probabilities[:, NUM_RESERVED_IDS:].topk(k, dim=-1)
+    scores, indices = probabilities[:, NUM_RESERVED_IDS:end].topk(k, dim=-1)
     return scores.float().cpu().numpy(), indices.cpu().numpy() + NUM_RESERVED_IDS
+
+
+def _named_id_end(raw_ids: np.ndarray) -> int:
+    """Return one past the last token id that has a raw id (the end of the vocabulary)."""
+    named = np.flatnonzero(raw_ids != None)  # noqa: E711 (elementwise on an object array)
+    return int(named[-1]) + 1 if len(named) else NUM_RESERVED_IDS
 
 
 def _read_raw_ids(path: Path, size: int) -> np.ndarray:
