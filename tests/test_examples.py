@@ -33,7 +33,7 @@ def by_split(examples):
 LOO = ExampleSettings(protocol="leave_one_out", max_len=10)
 
 
-def test_one_event_user_has_no_examples():
+def test_one_event_user():
     events = history([(0, 10, 20, VIEW, 1)])
 
     assert user_examples("u", events, LOO) == []
