@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from behaviorgpt.examples import (EXAMPLE_SCHEMA, ExampleSettings, RowGroupWriter,
+                                  user_examples, write_examples_manifest)
 from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_RESERVED_IDS, NUM_TIME_GAP_IDS
 
 _IDS = pa.list_(pa.int32())
@@ -118,10 +120,41 @@ def write_shards(sequences_dir: Path, users: list[dict], shard_sizes: list[int],
     (sequences_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
+def write_examples(sequences_dir: Path, users: list[dict], shard_sizes: list[int], max_len: int,
+                   rows_per_row_group: int = 64) -> dict:
+    """Write the leave-one-out examples of `users`, shard by shard like `write_shards`, into
+    `sequences_dir/examples` with its manifest; return the manifest."""
+    settings = ExampleSettings(protocol="leave_one_out", max_len=max_len)
+    examples_dir = sequences_dir / "examples"
+    files, start = [], 0
+    for shard, size in enumerate(shard_sizes):
+        writers: dict[str, RowGroupWriter] = {}
+        for user in users[start:start + size]:
+            for example in user_examples(user["user_key"], user, settings):
+                split = example["split"]
+                if split not in writers:
+                    writers[split] = RowGroupWriter(
+                        examples_dir / split / f"part-{shard:05d}.parquet", EXAMPLE_SCHEMA,
+                        rows_per_row_group)
+                writers[split].write(pa.Table.from_pylist([example], schema=EXAMPLE_SCHEMA))
+        start += size
+        for split, writer in writers.items():
+            writer.close()
+            files.append({"split": split, "shard": shard,
+                          "file": f"{split}/part-{shard:05d}.parquet", "rows": writer.rows,
+                          "row_groups": writer.row_groups})
+    return write_examples_manifest(examples_dir, files, settings=settings,
+                                   num_shards=len(shard_sizes),
+                                   rows_per_row_group=rows_per_row_group,
+                                   vocab_manifest={"hash": "synthetic"})
+
+
 def write_dataset(root: Path, users: list[dict], shard_sizes: list[int], max_len: int,
                   num_items: int, num_categories: int) -> Path:
-    """Write shards and vocabulary under `root/sequences` (the Layout paths); return that folder."""
+    """Write shards, examples and vocabulary under `root/sequences` (the Layout paths);
+    return that folder."""
     sequences_dir = root / "sequences"
     write_shards(sequences_dir, users, shard_sizes, max_len)
+    write_examples(sequences_dir, users, shard_sizes, max_len)
     write_vocab(sequences_dir / "vocab", num_items, num_categories)
     return sequences_dir

@@ -121,6 +121,38 @@ class SequenceConfig:
         1, "Items seen fewer times than this in training map to the unknown-item id.", minimum=1)
     num_shards: int = _option(
         2, "Parquet shards written; a multiple of the training world size.", minimum=1)
+    oov_buckets: int = _option(
+        0, "Hashed ids for items and categories outside the vocabulary, placed after the "
+        "vocabulary ids; 0 maps them all to the unknown id.", minimum=0)
+    frozen_vocab_dir: str | None = _option(
+        None, "Folder of a previous vocabulary (manifest.json plus Parquet) to reuse unchanged, "
+        "so that no id shifts; new items and categories go to the hashed buckets.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExamplesConfig:
+    protocol: str = _option(
+        "leave_one_out", "Split protocol: leave_one_out (per user, the last event is test and "
+        "the one before is validation) or temporal (a global cutoff time).",
+        choices=("leave_one_out", "temporal"))
+    cutoff: str | None = _option(
+        None, "Temporal protocol: first instant of the test period, ISO 8601 in UTC such as "
+        "2017-12-03T00:00:00; empty means midnight UTC of the latest event's day.")
+    stride: int | None = _option(
+        None, "Events between the ends of two sliding training examples of one user; empty "
+        "means max_len - 1, so each training event is a next-event target once.", minimum=1)
+    max_windows_per_user: int = _option(
+        8, "Sliding training examples kept per user, the most recent ones.", minimum=1)
+    category_window_hours: float = _option(
+        24.0, "Length, in hours, of the window of the category-interest label.", minimum=0.0)
+    purchase_window_hours: float = _option(
+        24.0, "Length, in hours, of the window of the purchase label.", minimum=0.0)
+    return_days: float = _option(
+        3.0, "The return label is 1 when a new session starts within this many days.",
+        minimum=0.0)
+    rows_per_row_group: int = _option(
+        2048, "Examples per Parquet row group of the example shards (the loader's read unit).",
+        minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +183,14 @@ class TrainConfig:
     warm_start: bool = _option(
         False, "Start from the serving model's weights (models/LATEST) instead of random ones; "
         "the nightly DAG sets it on every day but the full-retrain weekday.")
+    loader_workers: int = _option(
+        1, "DataLoader worker processes per rank that read example shards; 0 reads in the "
+        "training process.", minimum=0)
+    shuffle_buffer: int = _option(
+        4096, "Examples held by each loader worker's shuffle buffer.", minimum=1)
+    bucket_batches: int = _option(
+        8, "Batches' worth of examples sorted by length together, to limit padding; 1 turns "
+        "length bucketing off.", minimum=1)
     dist_timeout_minutes: float = _option(
         10.0, "Timeout, in minutes, of every collective call of the training process group "
         "(a rank that waits longer for the others fails).", minimum=0.1)
@@ -224,6 +264,7 @@ class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     quality_gate: QualityGateConfig = field(default_factory=QualityGateConfig)

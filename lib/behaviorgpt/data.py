@@ -220,6 +220,17 @@ class Batch:
     """[batch] number of input events per row (>= 1)."""
     target_item: Tensor | None = None
     target_category: Tensor | None = None
+    target_event_type: Tensor | None = None
+    """[batch, seq] next event's type id, `PAD_ID` where a position has no target (example
+    batches of `behaviorgpt.loader` only)."""
+    category_interest: Tensor | None = None
+    """[batch, k] category ids engaged in the label window, `PAD_ID`-padded (example batches)."""
+    purchase_label: Tensor | None = None
+    """[batch] 1 if the user purchases in the label window, else 0 (example batches)."""
+    return_label: Tensor | None = None
+    """[batch] 1 if a new session starts within the return window, else 0 (example batches)."""
+    example_ids: tuple[str, ...] | None = None
+    """Example id of each row (example batches); stays on the host."""
 
     @property
     def last_positions(self) -> Tensor:
@@ -227,9 +238,12 @@ class Batch:
         return self.lengths - 1
 
     def to(self, device: torch.device | str) -> "Batch":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{name: None if value is None else value.to(device, non_blocking=True)
-                        for name, value in moved.items()})
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=True) if isinstance(value, Tensor) \
+                else value
+        return Batch(**moved)
 
 
 def eligible_rows(sequences: EventSequences, view: str) -> np.ndarray:

@@ -97,8 +97,11 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
                             index=frame.index)
 
     sequences = EventSequences.from_frame(frame, loaded.config.max_len)
-    item_k = min(top_k, loaded.config.num_items - NUM_RESERVED_IDS)
-    category_k = min(top_k, loaded.config.num_categories - NUM_RESERVED_IDS)
+    # Hashed out-of-vocabulary buckets follow the vocabulary and have no raw id to return.
+    item_end = _named_id_end(loaded.item_raw_ids)
+    category_end = _named_id_end(loaded.category_raw_ids)
+    item_k = min(top_k, item_end - NUM_RESERVED_IDS)
+    category_k = min(top_k, category_end - NUM_RESERVED_IDS)
     explained_k = min(evidence_categories, category_k)
     # Rows longer than max_len lost their oldest events; evidence positions index the full row.
     dropped_events = _list_lengths(frame) - sequences.lengths
@@ -110,9 +113,10 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
         with torch.inference_mode():
             prediction = loaded.model.predict_next_event(batch, batch.last_positions)
 
-        item_scores, item_ids = top_real_ids(prediction.item_probabilities, item_k)
+        item_scores, item_ids = top_real_ids(prediction.item_probabilities, item_k,
+                                             end=item_end)
         category_scores, category_ids = top_real_ids(prediction.category_probabilities,
-                                                     category_k)
+                                                     category_k, end=category_end)
         columns["top_item_ids"].extend(loaded.item_raw_ids[item_ids].tolist())
         columns["top_item_scores"].extend(item_scores.tolist())
         columns["top_category_ids"].extend(loaded.category_raw_ids[category_ids].tolist())
@@ -177,12 +181,14 @@ def explain_top_categories(loaded: LoadedModel, batch: Batch, category_ids: np.n
     return results
 
 
-def top_real_ids(probabilities: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_real_ids(probabilities: torch.Tensor, k: int,
+                 end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return the `k` best non-reserved ids of `[batch, ids]` probabilities.
 
-    Returns (scores, ids), each a `[batch, k]` numpy array, best first.
+    Only ids below `end` compete when it is given. Returns (scores, ids), each a `[batch, k]`
+    numpy array, best first.
     """
-    scores, indices = probabilities[:, NUM_RESERVED_IDS:].topk(k, dim=-1)
+    scores, indices = probabilities[:, NUM_RESERVED_IDS:end].topk(k, dim=-1)
     return scores.float().cpu().numpy(), indices.cpu().numpy() + NUM_RESERVED_IDS
 
 
@@ -194,6 +200,12 @@ def _optional_floats(values: torch.Tensor | None, rows: int) -> list:
     if values is None:
         return [None] * rows
     return values.float().cpu().numpy().tolist()
+
+
+def _named_id_end(raw_ids: np.ndarray) -> int:
+    """Return one past the last token id that has a raw id (the end of the vocabulary)."""
+    named = np.flatnonzero(raw_ids != None)  # noqa: E711 (elementwise on an object array)
+    return int(named[-1]) + 1 if len(named) else NUM_RESERVED_IDS
 
 
 def _read_raw_ids(path: Path, size: int) -> np.ndarray:

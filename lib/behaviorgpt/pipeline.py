@@ -119,15 +119,18 @@ def run_sessionize(context: RunContext):
 
 
 def run_sequences(context: RunContext):
-    from behaviorgpt.sequences import build_sequences
+    from behaviorgpt.sequences import build_sequences, example_settings
     from behaviorgpt.tables import read_table
 
     spark = context.get_spark()
     settings = context.config.sequences
-    return build_sequences(spark, read_table(spark, context.layout, SESSIONS_TABLE),
-                           context.layout, max_len=settings.max_len,
+    sessions = read_table(spark, context.layout, SESSIONS_TABLE)
+    return build_sequences(spark, sessions, context.layout, max_len=settings.max_len,
                            min_item_count=settings.min_item_count,
-                           num_shards=settings.num_shards)
+                           num_shards=settings.num_shards, oov_buckets=settings.oov_buckets,
+                           frozen_vocab_dir=settings.frozen_vocab_dir,
+                           settings=example_settings(context.config, sessions),
+                           rows_per_row_group=context.config.examples.rows_per_row_group)
 
 
 def run_train(context: RunContext) -> str:

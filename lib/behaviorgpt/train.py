@@ -32,10 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from behaviorgpt.checkpoint import save_checkpoint
 from behaviorgpt.config import PipelineConfig, load_config
-from behaviorgpt.data import (EventSequences, eligible_rows, read_manifest, read_rank_sequences,
-                              read_vocab_manifest, training_batches)
+from behaviorgpt.data import (EventSequences, read_manifest, read_rank_sequences,
+                              read_vocab_manifest)
 from behaviorgpt.evaluate import RankingTotals, model_top_items
 from behaviorgpt.layout import Layout
+from behaviorgpt.loader import ExampleLoader, ExampleStream
 from behaviorgpt.losses import TASKS, MultiTaskLoss, combine_task_losses, validate_task_weights
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_RESERVED_IDS, NUM_TIME_GAP_IDS
@@ -144,7 +145,7 @@ def all_reduce_sum(values: list[float], context: DistributedContext) -> list[flo
 
 
 def train_one_epoch(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    sequences: EventSequences, cfg: PipelineConfig, weights: dict[str, float],
+                    loader: ExampleLoader, cfg: PipelineConfig, weights: dict[str, float],
                     epoch: int, context: DistributedContext) -> dict[str, float]:
     """Run one epoch over this rank's batches; return this rank's loss sums and counts."""
     trainer.train()
@@ -154,8 +155,8 @@ def train_one_epoch(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer,
     join = (Join([trainer], divide_by_initial_world_size=False) if context.distributed
             else contextlib.nullcontext())
     with join:
-        for batch in training_batches(sequences, cfg.train.batch_size, cfg.train.seed, epoch,
-                                      context.rank):
+        loader.set_epoch(epoch)
+        for batch in loader:
             # A rank that stops early is shadowed by Join like one that ran out of batches.
             if cfg.train.max_steps and sums["batches"] >= cfg.train.max_steps:
                 break
@@ -181,6 +182,18 @@ def train_one_epoch(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return sums
 
 
+def build_loader(cfg: PipelineConfig, layout: Layout, context: DistributedContext,
+                 max_len: int) -> ExampleLoader:
+    """Return this rank's streaming loader over the training example shards."""
+    workers = cfg.train.loader_workers
+    dataset = ExampleStream(layout.sequences_dir, rank=context.rank,
+                            world_size=context.world_size, batch_size=cfg.train.batch_size,
+                            seed=cfg.train.seed, max_len=max_len,
+                            shuffle_buffer=cfg.train.shuffle_buffer,
+                            bucket_batches=cfg.train.bucket_batches, num_streams=max(1, workers))
+    return ExampleLoader(dataset, num_workers=workers)
+
+
 def validation_totals(model: BehaviorGPT, sequences: EventSequences, batch_size: int,
                       context: DistributedContext) -> RankingTotals:
     """Score the validation event of every user of this rank; return hit and NDCG sums."""
@@ -203,9 +216,9 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
     model_version = agree_model_version(requested_version, context)
 
     sequences = read_rank_sequences(layout.sequences_dir, context.rank, context.world_size)
-    num_trainable = len(eligible_rows(sequences, "train"))
-    if num_trainable == 0:
-        log.warning("rank %d has no sequence with >= 4 events; it only joins the all-reduces",
+    loader = build_loader(cfg, layout, context, manifest.max_len)
+    if loader.dataset.num_examples == 0:
+        log.warning("rank %d has no training example; it only joins the all-reduces",
                     context.rank)
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's), different dropout.
@@ -228,8 +241,10 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
     started = time.perf_counter()
     for epoch in range(cfg.train.epochs):
         epoch_started = time.perf_counter()
-        sums = train_one_epoch(trainer, optimizer, sequences, cfg, weights, epoch, context)
+        loader.reset_wait()
+        sums = train_one_epoch(trainer, optimizer, loader, cfg, weights, epoch, context)
         seconds = time.perf_counter() - epoch_started
+        sums["data_wait_seconds"] = loader.reset_wait()
         validation = validation_totals(model, sequences, cfg.train.batch_size, context)
 
         keys = list(sums)
@@ -245,6 +260,8 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         record[f"validation_ndcg@{VALIDATION_K}"] = ndcg / max(users, 1.0)
         record["sequences_per_s"] = totals["sequences"] / seconds
         record["targets_per_s"] = totals["next_item_targets"] / seconds
+        # Mean over ranks of the share of the epoch spent waiting for the next batch.
+        record["data_wait_fraction"] = totals["data_wait_seconds"] / (context.world_size * seconds)
         history.append(record)
 
         # Keep the weights of the epoch with the best validation hit rate: with many rare
@@ -262,9 +279,12 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
                  users, record["sequences_per_s"], record["targets_per_s"])
 
     batches_per_rank = [int(sums["batches"])]
+    wait_per_rank = [sums["data_wait_seconds"] / seconds]
     if context.distributed:
         batches_per_rank = [None] * context.world_size
         dist.all_gather_object(batches_per_rank, int(sums["batches"]))
+        wait_per_rank = [None] * context.world_size
+        dist.all_gather_object(wait_per_rank, sums["data_wait_seconds"] / seconds)
 
     summary = {
         "world_size": context.world_size,
@@ -277,6 +297,7 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         "task_weights": weights,
         "train_sequences_per_epoch": int(totals["sequences"]),
         "batches_per_rank_per_epoch": batches_per_rank,
+        "last_epoch_data_wait_fraction_per_rank": wait_per_rank,
         "train_seconds": time.perf_counter() - started,
         "history": history,
         "selected_epoch": best_epoch,
