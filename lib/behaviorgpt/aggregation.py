@@ -365,17 +365,18 @@ def all_reduce_sum(tensor: Tensor, group: dist.ProcessGroup | None = None) -> Te
     return tensor
 
 
-def aggregated_backward(strategy: Strategy, task_losses: Sequence[Tensor],
-                        representation: Tensor, detached_representation: Tensor, step: int,
-                        group: dist.ProcessGroup | None = None) -> BackwardResult:
+def aggregated_backward(strategy: Strategy, task_losses: Sequence[Tensor] | None,
+                        representation: Tensor | None, detached_representation: Tensor | None,
+                        step: int, group: dist.ProcessGroup | None = None) -> BackwardResult:
     """Accumulate into `.grad` this rank's share of the aggregated multi-task gradient.
 
     Args:
         strategy: maps global losses (and the Gramian) to task weights.
         task_losses: this rank's share `L_i^r` of each global task loss (scalars), that is its
             sum of per-target losses divided by the global target count, so that the global
-            loss is the sum of the shares over ranks.
-        representation: the backbone output `[...]` with its graph to the shared parameters.
+            loss is the sum of the shares over ranks. None on a rank without a batch this
+            step: it then joins the collectives with zeros and computes no gradient.
+        representation: the backbone output with its graph to the shared parameters.
         detached_representation: `representation.detach().requires_grad_()`, the tensor the
             task heads were computed from.
         step: optimizer step number, seeds the strategy's randomness.
@@ -385,47 +386,66 @@ def aggregated_backward(strategy: Strategy, task_losses: Sequence[Tensor],
     ranks with `all_reduce_gradients` before the optimizer step. Raises ValueError when the
     number of losses does not match the strategy.
     """
-    if len(task_losses) != strategy.num_tasks:
+    num_tasks = strategy.num_tasks
+    if task_losses is not None and len(task_losses) != num_tasks:
         raise ValueError(f"got {len(task_losses)} task losses for a strategy of "
-                         f"{strategy.num_tasks} tasks")
-    losses = torch.stack([loss.detach() for loss in task_losses]).double()
+                         f"{num_tasks} tasks")
+    device = _device_of(strategy, representation)
+
+    losses = torch.zeros(num_tasks, dtype=torch.float64, device=device)
+    if task_losses is not None:
+        losses = torch.stack([loss.detach() for loss in task_losses]).double()
     all_reduce_sum(losses, group)
 
     # Gradients of each task at the shared representation, and their global Gramian.
     gramian = None
     task_gradients = None
     if strategy.needs_gramian:
-        task_gradients = [
-            torch.autograd.grad(loss, detached_representation, retain_graph=True,
-                                allow_unused=True)[0] for loss in task_losses]
-        flat = torch.stack([
-            torch.zeros_like(detached_representation).flatten() if gradient is None
-            else gradient.flatten() for gradient in task_gradients]).double()
-        gramian = all_reduce_sum(flat @ flat.T, group)
+        gramian = torch.zeros(num_tasks, num_tasks, dtype=torch.float64, device=device)
+        if task_losses is not None:
+            task_gradients = [_gradient_or_zeros(loss, detached_representation)
+                              for loss in task_losses]
+            flat = torch.stack([gradient.flatten() for gradient in task_gradients]).double()
+            gramian = flat @ flat.T
+        all_reduce_sum(gramian, group)
 
     weights = strategy.weights(losses, gramian, step).detach()
 
-    # Heads: weighted loss with the representation detached, so only head parameters (and a
-    # tied output embedding) receive this part.
-    combined = sum(weight * loss for weight, loss in zip(weights.float(), task_losses))
-    combined.backward(retain_graph=False, inputs=None)
+    if task_losses is not None:
+        # Heads: the weighted loss, with the representation detached, so only head parameters
+        # (and a tied output embedding) receive this part.
+        combined = sum(weight * loss for weight, loss in zip(weights.to(losses.device).float(),
+                                                             task_losses))
+        combined.backward()
 
-    # Backbone and embeddings: the weighted gradient at the representation, pushed through
-    # the backbone once. For loss-based strategies it is simply the gradient the weighted
-    # loss left on the detached representation.
-    if task_gradients is not None:
-        at_representation = sum(weight * gradient for weight, gradient
-                                 in zip(weights.to(representation.dtype), task_gradients)
-                                 if gradient is not None)
-    else:
-        at_representation = detached_representation.grad
-    if isinstance(at_representation, Tensor):
-        representation.backward(at_representation)
+        # Backbone and embeddings: the weighted gradient at the representation, pushed
+        # through the backbone once. For loss-based strategies it is the gradient that the
+        # weighted loss left on the detached representation.
+        if task_gradients is not None:
+            at_representation = sum(weight * gradient for weight, gradient
+                                    in zip(weights.to(representation.dtype), task_gradients))
+        else:
+            at_representation = detached_representation.grad
+        if at_representation is not None:
+            representation.backward(at_representation)
 
     auxiliary = strategy.auxiliary_loss(losses)
     if auxiliary is not None:
         auxiliary.backward()
     return BackwardResult(losses=losses, weights=weights, gramian=gramian)
+
+
+def _device_of(strategy: Strategy, representation: Tensor | None) -> torch.device:
+    if representation is not None:
+        return representation.device
+    for tensor in (*strategy.parameters(), *strategy.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _gradient_or_zeros(loss: Tensor, inputs: Tensor) -> Tensor:
+    (gradient,) = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(inputs) if gradient is None else gradient
 
 
 def all_reduce_gradients(parameters: Sequence[nn.Parameter],
@@ -449,25 +469,32 @@ def all_reduce_gradients(parameters: Sequence[nn.Parameter],
         offset += count
 
 
-def task_gradients_on_parameters(task_losses: Sequence[Tensor], representation: Tensor,
-                                 detached_representation: Tensor,
+def task_gradients_on_parameters(task_losses: Sequence[Tensor] | None,
+                                 representation: Tensor | None,
+                                 detached_representation: Tensor | None,
                                  parameters: Sequence[nn.Parameter],
-                                 group: dist.ProcessGroup | None = None) -> Tensor:
+                                 group: dist.ProcessGroup | None = None,
+                                 num_tasks: int | None = None) -> Tensor:
     """Return the global task gradients `[tasks, n_shared]` on the shared `parameters`.
 
     Costs one backward pass through the backbone per task and an all-reduce of
     `tasks * n_shared` floats, so training calls it only on diagnostic steps. Keeps the graphs.
+    A rank without a batch passes None for the tensors and `num_tasks`, and sends zeros.
     """
+    size = sum(parameter.numel() for parameter in parameters)
+    device = parameters[0].device
+    if task_losses is None:
+        if num_tasks is None:
+            raise ValueError("num_tasks is required when task_losses is None")
+        return all_reduce_sum(torch.zeros(num_tasks, size, device=device), group)
+
     rows = []
     for loss in task_losses:
-        (at_representation,) = torch.autograd.grad(loss, detached_representation,
-                                                   retain_graph=True, allow_unused=True)
-        if at_representation is None:
-            at_representation = torch.zeros_like(detached_representation)
+        at_representation = _gradient_or_zeros(loss, detached_representation)
         gradients = torch.autograd.grad(representation, parameters,
                                         grad_outputs=at_representation, retain_graph=True,
                                         allow_unused=True)
-        rows.append(torch.cat([torch.zeros(p.numel(), device=p.device) if g is None
+        rows.append(torch.cat([torch.zeros(p.numel(), device=device) if g is None
                                else g.flatten() for p, g in zip(parameters, gradients)]))
     return all_reduce_sum(torch.stack(rows), group)
 

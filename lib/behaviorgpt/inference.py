@@ -20,7 +20,8 @@ from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.tokens import NUM_RESERVED_IDS
 
 PREDICTION_COLUMNS = ("top_item_ids", "top_item_scores", "top_category_ids",
-                      "top_category_scores", "embedding")
+                      "top_category_scores", "embedding", "purchase_propensity",
+                      "return_propensity")
 
 
 @dataclass
@@ -69,7 +70,10 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
         A DataFrame with the same index and row order as `frame`. Its columns are
         `top_item_ids` and `top_category_ids` (lists of raw id strings, best first),
         `top_item_scores` and `top_category_scores` (lists of probabilities), and
-        `embedding` (list of `d_model` floats, the final hidden state at the last event).
+        `embedding` (list of `d_model` floats, the final hidden state at the last event),
+        `purchase_propensity` (probability of a purchase within the next window of events)
+        and `return_propensity` (probability that the user's next session starts within the
+        return horizon the model was trained with), both floats in [0, 1].
         Reserved ids (padding, unknown, ...) never appear in the lists.
 
     The caller sets `torch.set_num_threads`; this function does not change global state.
@@ -99,6 +103,10 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
             columns["top_category_ids"].extend(loaded.category_raw_ids[category_ids].tolist())
             columns["top_category_scores"].extend(category_scores.tolist())
             columns["embedding"].extend(prediction.hidden.float().cpu().numpy().tolist())
+            columns["purchase_propensity"].extend(
+                prediction.purchase_probability.double().cpu().numpy().tolist())
+            columns["return_propensity"].extend(
+                prediction.return_probability.double().cpu().numpy().tolist())
 
     return pd.DataFrame(columns, index=frame.index)
 
