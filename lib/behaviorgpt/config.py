@@ -114,7 +114,7 @@ class TrainConfig:
     seed: int = _option(0, "Seed for weights, dropout and data order.")
     task_weights: dict = _option(
         {"next_item": 1.0, "next_category": 0.5, "next_event_type": 0.25,
-         "category_interest": 1.0, "purchase": 0.5, "return": 0.5},
+         "category_interest": 0.2, "purchase": 0.5, "return": 0.5},
         "Loss weight per task (next_item, next_category, next_event_type, category_interest, "
         "purchase, return). 0 turns a task off; the fixed strategy uses the weights as they "
         "are, the other strategies only read which tasks are on.")

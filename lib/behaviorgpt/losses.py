@@ -9,7 +9,9 @@ Next-event tasks, predicting the event after every training position:
 Next-window tasks, predicted from the hidden state at a cutoff position `c` about the
 `window_events` events after it (see `window_labels`):
 
-- `category_interest`: binary cross-entropy per category, averaged over categories;
+- `category_interest`: binary cross-entropy per category, summed over the real categories
+  (a mean over thousands of mostly negative categories would make the task's gradient
+  vanish next to the others);
 - `purchase`: binary cross-entropy of "a purchase among the window's events";
 - `return`: binary cross-entropy of "the user's next session starts within the return
   horizon".
@@ -202,7 +204,7 @@ class MultiTaskLoss(nn.Module):
                 logits = self.model.interest_head(states)[:, NUM_RESERVED_IDS:]
                 per_cutoff = F.binary_cross_entropy_with_logits(
                     logits, labels.category_interest[:, NUM_RESERVED_IDS:],
-                    reduction="none").mean(dim=1)
+                    reduction="none").sum(dim=1)
                 sums["category_interest"] = _sum(per_cutoff)
             if "purchase" in tasks:
                 sums["purchase"] = _sum(F.binary_cross_entropy_with_logits(

@@ -236,6 +236,12 @@ class BehaviorGPT(nn.Module):
         self.category_head = nn.Linear(config.d_model, config.num_categories)
         self.event_type_head = nn.Linear(config.d_model, config.num_event_types)
         self.interest_head = nn.Linear(config.d_model, config.num_categories)
+        # Start every category at a prior of about 2 engaged categories per window, so the
+        # summed binary cross-entropy starts near its converged scale instead of at
+        # categories * log(2).
+        real_categories = config.num_categories - NUM_RESERVED_IDS
+        nn.init.constant_(self.interest_head.bias,
+                          math.log(2.0 / max(real_categories - 2.0, 1.0)))
         self.purchase_head = nn.Linear(config.d_model, 1)
         self.return_head = nn.Linear(config.d_model, 1)
 
