@@ -248,7 +248,7 @@ class EnumeratingProjector(DualConeProjector):
 
     def _project(self, u: Tensor, gramian: Tensor) -> Tensor:
         size = len(u)
-        # Start from all constraints active (v = u, the answer when G u >= 0).
+        # Start from all constraints active (v = u, the solution when G u >= 0).
         for active_count in range(size, -1, -1):
             for active in itertools.combinations(range(size), active_count):
                 v = u.clone()
@@ -348,7 +348,7 @@ def aggregate_matrix(strategy: Strategy, matrix: Tensor, step: int = 0) -> Tenso
 
 @dataclass
 class BackwardResult:
-    """What one aggregated backward pass computed (all values global, same on every rank)."""
+    """Results of one aggregated backward pass (all values global, the same on every rank)."""
 
     losses: Tensor
     """[tasks] global task losses."""

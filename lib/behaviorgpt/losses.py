@@ -82,7 +82,7 @@ class WindowLabels:
 def approximate_gap_seconds(time_gap: Tensor) -> Tensor:
     """Seconds since the previous event, estimated from time gap bucket ids (any shape).
 
-    Bucket `2 + b` holds gaps in `[2**b - 1, 2**(b+1) - 1)` seconds; this returns the bucket's
+    Bucket `2 + b` contains gaps in `[2**b - 1, 2**(b+1) - 1)` seconds; this returns the bucket's
     geometric middle. Padding and the first event count as 0 seconds.
     """
     exponent = (time_gap - 2).clamp(min=0).double()
