@@ -8,8 +8,10 @@ batches on one process, then scores the leave-one-out test view:
   end of the test view's input;
 - category interest: mAP over the real categories at the same cutoff.
 
-It prints a Markdown table (and writes it with `--output`) with the mean seconds per
-optimizer step and its ratio to the fixed-weights run.
+It prints a Markdown table (and writes the results as JSON with `--output`) with the mean
+seconds per optimizer step during training and its ratio to the fixed-weights run. Because
+other work on the machine changes those means, it also times every run round-robin on the
+same batches (`--timing-rounds`) and reports the medians.
 
 Prepare the sequences once from the Taobao slice, then run the benchmark:
 
@@ -33,7 +35,8 @@ import torch
 
 from behaviorgpt.aggregation import STRATEGIES
 from behaviorgpt.config import load_config
-from behaviorgpt.data import read_manifest, read_rank_sequences, read_vocab_manifest
+from behaviorgpt.data import (read_manifest, read_rank_sequences, read_vocab_manifest,
+                              training_batches)
 from behaviorgpt.evaluate import RankingTotals, model_top_items, window_task_metrics
 from behaviorgpt.layout import Layout
 from behaviorgpt.losses import TASKS, validate_task_weights
@@ -80,22 +83,52 @@ def run_one(cfg, label: str, strategy: str, weights: dict[str, float], sequences
     return result
 
 
+def interleaved_step_seconds(cfg, runs: list[tuple[str, str, dict]], sequences, vocab: dict,
+                             max_len: int, rounds: int) -> dict[str, float]:
+    """Return the median seconds per optimizer step of each run, timed round-robin.
+
+    Each round times one step of every run on the same batch, one run after the other, so a
+    change in machine load affects every run alike.
+    """
+    context = DistributedContext(rank=0, local_rank=0, world_size=1,
+                                 device=torch.device("cpu"))
+    trainers = {}
+    for label, strategy, weights in runs:
+        run_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, aggregation=strategy))
+        torch.manual_seed(cfg.train.seed)
+        trainers[label] = build_trainer(build_model(run_cfg, vocab, max_len), run_cfg,
+                                        weights, diagnostics_path=None)
+    batches = list(training_batches(sequences, cfg.train.batch_size, cfg.train.seed, 0,
+                                    context.rank))
+    times: dict[str, list[float]] = {label: [] for label in trainers}
+    for round_index in range(rounds):
+        batch = batches[round_index % len(batches)]
+        for label, trainer in trainers.items():
+            started = time.perf_counter()
+            trainer.step(batch)
+            times[label].append(time.perf_counter() - started)
+    return {label: float(np.median(values)) for label, values in times.items()}
+
+
 def markdown_table(results: list[dict]) -> str:
     fixed = next((r for r in results if r["run"] == "multi-task fixed"), results[0])
     lines = ["| run | HR@10 | NDCG@10 | purchase AUC | return AUC | interest mAP | s/step | "
-             "x fixed | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "x fixed | MFU | s/step interleaved | x fixed interleaved |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        interleaved = r.get("interleaved_seconds_per_step", math.nan)
+        interleaved_ratio = interleaved / fixed.get("interleaved_seconds_per_step", math.nan)
         lines.append(
             f"| {r['run']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {_fmt(r['purchase_auc'])} "
             f"| {_fmt(r['return_auc'])} | {_fmt(r['category_interest_map'])} | "
             f"{r['seconds_per_step']:.3f} | {r['seconds_per_step'] / fixed['seconds_per_step']:.2f}"
-            f" | {100 * r['mfu']:.2f}% |")
+            f" | {100 * r['mfu']:.2f}% | {_fmt(interleaved, 3)} | {_fmt(interleaved_ratio, 2)} |")
     return "\n".join(lines)
 
 
-def _fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.4f}"
+def _fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -106,6 +139,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="comma-separated strategies to run (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override, for example model.d_model=128")
+    parser.add_argument("--timing-rounds", type=int, default=10,
+                        help="rounds of the interleaved step timing (0 skips it)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -129,6 +164,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     results = [run_one(cfg, label, strategy, weights, sequences, vocab, manifest.max_len,
                        matmul_peak) for label, strategy, weights in runs]
+    if args.timing_rounds:
+        medians = interleaved_step_seconds(cfg, runs, sequences, vocab, manifest.max_len,
+                                           args.timing_rounds)
+        for result in results:
+            result["interleaved_seconds_per_step"] = medians[result["run"]]
     print(markdown_table(results))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as output:

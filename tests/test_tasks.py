@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from behaviorgpt.config import AGGREGATION_STRATEGIES
 from behaviorgpt.aggregation import STRATEGIES, make_strategy
+from behaviorgpt.config import AGGREGATION_STRATEGIES
 from behaviorgpt.data import EventSequences, make_batch, training_batches
 from behaviorgpt.losses import TASKS, MultiTaskLoss, approximate_gap_seconds, window_labels
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig

@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from behaviorgpt.aggregation import Strategy, make_strategy
 from behaviorgpt.checkpoint import save_checkpoint
 from behaviorgpt.config import PipelineConfig, load_config
 from behaviorgpt.data import (EventSequences, eligible_rows, read_manifest, read_rank_sequences,
                               read_vocab_manifest, training_batches)
 from behaviorgpt.evaluate import RankingTotals, model_top_items
 from behaviorgpt.layout import Layout
-from behaviorgpt.aggregation import Strategy, make_strategy
 from behaviorgpt.losses import TASKS, MultiTaskLoss, validate_task_weights
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.multitask import Trainer, broadcast_parameters, measure_matmul_peak
