@@ -12,7 +12,9 @@ def test_local_profile_overrides_base():
 
     assert config.spark.master == "local[2]"
     assert config.session.gap_minutes == 30.0
-    assert config.train.task_weights == {"next_item": 1.0, "next_category": 0.5}
+    assert config.train.task_weights["next_item"] == 1.0
+    assert config.train.task_weights["next_category"] == 0.5
+    assert config.train.aggregation == "fixed"
 
 
 def test_set_override_is_typed():

@@ -14,7 +14,8 @@ import torch
 
 from behaviorgpt.checkpoint import save_checkpoint
 from behaviorgpt.data import EventSequences
-from behaviorgpt.evaluate import (RankingTotals, count_training_items, evaluate_leave_one_out,
+from behaviorgpt.evaluate import (RankingTotals, binary_auc, count_training_items,
+                                  evaluate_leave_one_out, mean_average_precision,
                                   most_popular_items, recent_distinct_items)
 from behaviorgpt.inference import PREDICTION_COLUMNS, load_model, predict_next
 from behaviorgpt.layout import Layout
@@ -137,6 +138,8 @@ def test_predict_next_output_contract(hand_model):
         assert len(row.top_category_ids) == 5
         assert all(raw.startswith("c") for raw in row.top_category_ids)
         assert len(row.embedding) == 16
+        assert 0.0 < row.purchase_propensity < 1.0
+        assert 0.0 < row.return_propensity < 1.0
 
 
 def test_predict_next_caps_top_k(hand_model):
@@ -157,3 +160,26 @@ def test_predict_next_empty_frame(hand_model):
 
     assert len(empty) == 0
     assert list(empty.columns) == list(PREDICTION_COLUMNS)
+
+
+def test_binary_auc_hand_case():
+    # Pairs (positive, negative): (0.8, 0.1) win, (0.8, 0.4) win, (0.35, 0.1) win,
+    # (0.35, 0.4) loss: 3 of 4.
+    auc = binary_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+
+    assert auc == pytest.approx(0.75)
+
+
+def test_binary_auc_ties_and_one_class():
+    assert binary_auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
+    assert np.isnan(binary_auc(np.array([0.5, 0.7]), np.array([1, 1])))
+
+
+def test_mean_average_precision_hand_case():
+    scores = np.array([[0.9, 0.8, 0.7], [0.1, 0.2, 0.3], [0.5, 0.4, 0.3]])
+    labels = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 0]])
+
+    # Row 0: hits at ranks 1 and 3, AP = (1/1 + 2/3) / 2; row 1: hit at rank 3, AP = 1/3;
+    # row 2 has no positive and is skipped.
+    expected = ((1 + 2 / 3) / 2 + 1 / 3) / 2
+    assert mean_average_precision(scores, labels) == pytest.approx(expected)

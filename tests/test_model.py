@@ -12,7 +12,7 @@ import torch
 from behaviorgpt.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from behaviorgpt.data import EventSequences, eligible_rows, make_batch, training_batches
 from behaviorgpt.layout import Layout
-from behaviorgpt.losses import MultiTaskLoss, combine_task_losses, validate_task_weights
+from behaviorgpt.losses import TASKS, MultiTaskLoss, combine_task_losses, validate_task_weights
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig, distance_bucket
 from behaviorgpt.tokens import NUM_RESERVED_IDS, UNKNOWN_ID
 from shards_helper import make_user, synthetic_users, write_vocab
@@ -152,11 +152,11 @@ def test_losses_are_finite_and_backpropagate():
     model.train()
     batch = next(training_batches(random_sequences(), batch_size=4, seed=0, epoch=0, rank=0))
 
-    losses = MultiTaskLoss(model)(batch)
-    total = combine_task_losses(losses, {"next_item": 1.0, "next_category": 0.5})
+    losses = MultiTaskLoss(model, window_events=2)(batch)
+    total = combine_task_losses(losses, {task: 1.0 for task in TASKS})
     total.backward()
 
-    assert set(losses) == {"next_item", "next_category"}
+    assert set(losses) == set(TASKS)
     # An untrained model is close to uniform over the real ids.
     item_loss = losses["next_item"].item()
     assert 0.5 * math.log(NUM_ITEMS) < item_loss < 2 * math.log(NUM_ITEMS)
@@ -170,10 +170,10 @@ def test_task_weights_reject_unknown_task():
 
 
 def test_task_weights_reject_missing_and_negative():
-    with pytest.raises(ValueError, match="lacks \\['next_category'\\]"):
+    with pytest.raises(ValueError, match="lacks \\['next_category', 'next_event_type'"):
         validate_task_weights({"next_item": 1.0})
     with pytest.raises(ValueError, match="next_item = -1"):
-        validate_task_weights({"next_item": -1, "next_category": 0.5})
+        validate_task_weights({**dict.fromkeys(TASKS, 1.0), "next_item": -1})
 
 
 def saved_model(tmp_path):

@@ -77,6 +77,10 @@ def test_ddp_run_writes_loadable_checkpoint(trained):
     assert description["training"]["world_size"] == 2
     assert len(description["training"]["history"]) == 6
     assert not model.training
+    assert 0 < description["training"]["history"][-1]["mfu"] < 1
+    diagnostics = (model_dir / "diagnostics.jsonl").read_text().splitlines()
+    assert len(diagnostics) == 1  # 42 steps, diagnostics every 50 from step 0
+    assert json.loads(diagnostics[0])["tasks"][0] == "next_item"
 
 
 def test_ranks_with_unequal_shards_finish(trained):

@@ -161,6 +161,18 @@ class ModelConfig:
     n_layer: int = _option(2, "Decoder blocks.", minimum=1)
     n_head: int = _option(2, "Attention heads; must divide d_model.", minimum=1)
     dropout: float = _option(0.1, "Dropout probability.", minimum=0.0, maximum=0.9)
+    tie_item_embeddings: bool = _option(
+        True, "Use the input item embedding as the output matrix of the item softmax.")
+    sampled_softmax_threshold: int = _option(
+        100_000, "Real items above which training uses a sampled item softmax (in-batch and "
+        "uniform negatives with log-Q correction) instead of the full one.", minimum=1)
+    sampled_negatives: int = _option(
+        1024, "Uniform negatives per step of the sampled item softmax.", minimum=1)
+
+
+AGGREGATION_STRATEGIES = ("fixed", "uncertainty", "dwa", "famo", "pcgrad", "cagrad", "upgrad",
+                          "mgda", "dualproj", "imtlg", "aligned_mtl", "mean")
+"""Names of `behaviorgpt.aggregation.STRATEGIES`, repeated here so config imports no torch."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,8 +187,28 @@ class TrainConfig:
     weight_decay: float = _option(0.01, "AdamW weight decay.", minimum=0.0)
     seed: int = _option(0, "Seed for weights, dropout and data order.")
     task_weights: dict = _option(
-        {"next_item": 1.0, "next_category": 0.5},
-        "Fixed loss weight per task head (next_item, next_category).")
+        {"next_item": 1.0, "next_category": 0.5, "next_event_type": 0.25,
+         "category_interest": 0.2, "purchase": 0.5, "return": 0.5},
+        "Loss weight per task (next_item, next_category, next_event_type, category_interest, "
+        "purchase, return). 0 turns a task off; the fixed strategy uses the weights as they "
+        "are, the other strategies only read which tasks are on.")
+    aggregation: str = _option(
+        "fixed", "How the task gradients are combined each step.",
+        choices=AGGREGATION_STRATEGIES)
+    dwa_temperature: float = _option(
+        2.0, "Temperature of the dwa strategy (higher gives more even weights).", minimum=0.01)
+    cagrad_c: float = _option(
+        0.5, "Radius scale c of the cagrad strategy (0 gives the mean gradient).", minimum=0.0)
+    diagnostics_every: int = _option(
+        50, "Steps between gradient diagnostics (per-task loss, gradient norm, cosine, "
+        "weights) written to diagnostics.jsonl in the model folder; 0 turns them off.",
+        minimum=0)
+    window_events: int = _option(
+        5, "Events after a cutoff that form the next window of the category_interest and "
+        "purchase tasks.", minimum=1)
+    return_days: float = _option(
+        1.0, "Days within which the user's next session must start for the return label.",
+        minimum=0.0)
     num_threads: int = _option(1, "torch intra-op threads per training process.", minimum=1)
     grad_clip_norm: float = _option(
         1.0, "Clip the global gradient norm to this value; 0 turns clipping off.", minimum=0.0)

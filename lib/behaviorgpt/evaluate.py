@@ -30,6 +30,7 @@ from behaviorgpt.data import (EventSequences, eligible_rows, iter_shard_sequence
                               read_manifest)
 from behaviorgpt.inference import load_model, top_real_ids
 from behaviorgpt.layout import Layout
+from behaviorgpt.losses import window_labels
 from behaviorgpt.model import BehaviorGPT
 from behaviorgpt.tokens import NUM_RESERVED_IDS, PAD_ID
 
@@ -111,6 +112,76 @@ def model_top_items(model: BehaviorGPT, sequences: EventSequences, view: str, k:
             prediction = model.predict_next_event(batch, batch.last_positions)
             _, top_ids = top_real_ids(prediction.item_probabilities, k)
             yield top_ids, batch.target_item.cpu().numpy()
+
+
+def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Return the ROC AUC of `scores` for binary `labels` (ties count half), or NaN when one
+    class is absent. Computed as the Mann-Whitney statistic from average ranks."""
+    labels = np.asarray(labels).astype(bool)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average rank (1-based) over each run of tied scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0)
+                 / (positives * negatives))
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Return the mean over rows `[rows, classes]` of average precision, skipping rows without
+    a positive label; NaN when no row has one. Ties are broken by column order."""
+    precisions = []
+    for row_scores, row_labels in zip(scores, labels.astype(bool)):
+        if not row_labels.any():
+            continue
+        hits = row_labels[np.argsort(-row_scores, kind="stable")]
+        hit_ranks = np.flatnonzero(hits) + 1
+        precisions.append(np.mean(np.arange(1, len(hit_ranks) + 1) / hit_ranks))
+    return float(np.mean(precisions)) if precisions else float("nan")
+
+
+def window_task_metrics(model: BehaviorGPT, sequences: EventSequences, view: str,
+                        window_events: int, return_days: float, batch_size: int,
+                        device: torch.device | str = "cpu") -> dict[str, float]:
+    """Score the next-window heads on one cutoff per user of a view (see `window_labels`).
+
+    Returns AUC of the purchase and return heads, mAP of the category interest head over the
+    real categories, and the number of cutoffs.
+    """
+    rows = eligible_rows(sequences, view)
+    purchase_scores, purchase_labels, return_scores, return_labels = [], [], [], []
+    interest_scores, interest_labels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = make_batch(sequences, rows[start:start + batch_size], view).to(device)
+            labels = window_labels(batch, model.config.num_categories, window_events,
+                                   return_days, all_cutoffs=False)
+            states = model(batch)[labels.rows, labels.positions]
+            purchase_scores.append(model.purchase_head(states).squeeze(-1).cpu().numpy())
+            return_scores.append(model.return_head(states).squeeze(-1).cpu().numpy())
+            interest_scores.append(
+                model.interest_head(states)[:, NUM_RESERVED_IDS:].cpu().numpy())
+            purchase_labels.append(labels.purchase.cpu().numpy())
+            return_labels.append(labels.returned.cpu().numpy())
+            interest_labels.append(labels.category_interest[:, NUM_RESERVED_IDS:].cpu().numpy())
+    if not purchase_scores:
+        return {"purchase_auc": float("nan"), "return_auc": float("nan"),
+                "category_interest_map": float("nan"), "cutoffs": 0}
+    return {
+        "purchase_auc": binary_auc(np.concatenate(purchase_scores),
+                                   np.concatenate(purchase_labels)),
+        "return_auc": binary_auc(np.concatenate(return_scores), np.concatenate(return_labels)),
+        "category_interest_map": mean_average_precision(np.concatenate(interest_scores),
+                                                        np.concatenate(interest_labels)),
+        "cutoffs": int(sum(len(labels) for labels in purchase_labels)),
+    }
 
 
 def evaluate_leave_one_out(model_dir: str | Path, sequences_dir: str | Path, k: int = 10,

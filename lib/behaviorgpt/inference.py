@@ -75,7 +75,10 @@ def predict_next(loaded: LoadedModel, frame: pd.DataFrame, top_k: int = 10,
         A DataFrame with the same index and row order as `frame`. Its columns are
         `top_item_ids` and `top_category_ids` (lists of raw id strings, best first),
         `top_item_scores` and `top_category_scores` (lists of probabilities), and
-        `embedding` (list of `d_model` floats, the final hidden state at the last event).
+        `embedding` (list of `d_model` floats, the final hidden state at the last event),
+        `purchase_propensity` (probability of a purchase within the next window of events)
+        and `return_propensity` (probability that the user's next session starts within the
+        return horizon the model was trained with), both floats in [0, 1].
         Reserved ids (padding, unknown, ...) never appear in the lists.
         `purchase_propensity` and `return_propensity` are floats, or None while the model has
         no such head (see `NextEventPrediction`).

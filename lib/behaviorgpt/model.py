@@ -2,11 +2,17 @@
 
 Each position of a sequence is one event. Its input vector is the sum of five embeddings (item,
 category, event type, time gap bucket, session-start flag); the backbone adds learned positions.
-The hidden state at position t predicts event t + 1 through two heads:
+The hidden state at position t predicts event t + 1 through three heads:
 
-- next item: a mixture of a softmax over the whole item vocabulary and a copy (pointer)
-  distribution over the items at positions <= t of the same user, with a learned gate;
-- next category: a softmax over the category vocabulary.
+- next item: a mixture of a softmax over the item vocabulary and a copy (pointer)
+  distribution over the items at positions <= t of the same user, with a learned gate. Above
+  `sampled_softmax_threshold` real items, training replaces the full softmax by a sampled one
+  (in-batch plus uniform negatives with log-Q correction); prediction always uses the full one;
+- next category and next event type: softmaxes over their vocabularies.
+
+The hidden state at a cutoff position also feeds three heads about the window after it (their
+labels are built in `losses.py`): category interest (one logit per category, multi-label),
+purchase (one logit) and return (one logit).
 
 Shapes use `batch` for users, `seq` for positions, `dim` for `d_model`, `items` and
 `categories` for vocabulary sizes. Sequences are right-padded with `PAD_ID`, so a causal
@@ -45,6 +51,12 @@ class BehaviorGPTConfig:
     dropout: float = 0.1
     num_event_types: int = NUM_EVENT_TYPE_IDS
     num_time_gaps: int = NUM_TIME_GAP_IDS
+    tie_item_embeddings: bool = True
+    """Use the input item embedding as the output matrix of the vocabulary softmax."""
+    sampled_softmax_threshold: int = 100_000
+    """Real items above which training uses the sampled softmax."""
+    sampled_negatives: int = 1024
+    """Uniformly drawn negatives per step of the sampled softmax (plus the in-batch ones)."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head != 0:
@@ -91,12 +103,16 @@ class NextEventPrediction:
     """[batch, categories] softmax probabilities; reserved ids get 0."""
     hidden: Tensor
     """[batch, dim] final hidden state at the chosen position (the user embedding)."""
-    purchase_probability: Tensor | None = None
-    """[batch] probability that the user's next event is a purchase, or None while the model
-    has no purchase head. Scoring stores it as `purchase_propensity` when set."""
-    return_probability: Tensor | None = None
-    """[batch] probability that the user returns a purchase, or None while the model has no
-    return head. Scoring stores it as `return_propensity` when set."""
+    event_type_probabilities: Tensor
+    """[batch, event types] softmax probabilities of the next event's type."""
+    category_interest: Tensor
+    """[batch, categories] independent probabilities of engaging each category in the next
+    window; reserved ids get 0."""
+    purchase_probability: Tensor
+    """[batch] probability of a purchase in the next window."""
+    return_probability: Tensor
+    """[batch] probability that the user returns (starts a new session) within the return
+    horizon."""
 
 
 class EventEmbedding(nn.Module):
@@ -191,7 +207,7 @@ class CopyHead(nn.Module):
 
 
 class BehaviorGPT(nn.Module):
-    """Decoder-only model with a next-item (vocabulary + copy) head and a next-category head."""
+    """Decoder-only model with next-event heads and next-window heads (see the module doc)."""
 
     def __init__(self, config: BehaviorGPTConfig) -> None:
         super().__init__()
@@ -209,11 +225,35 @@ class BehaviorGPT(nn.Module):
         self.backbone = GPT2Model(backbone_config)
         self.backbone.wte.weight.requires_grad_(False)
 
-        # The vocabulary softmax reuses the input item embedding as its output matrix (weight
-        # tying). It is applied with F.linear, so the state dict contains that matrix only once.
+        # With tying, the vocabulary softmax reuses the input item embedding as its output
+        # matrix. It is applied with F.linear, so the state dict contains that matrix only once.
+        self.item_output = None
+        if not config.tie_item_embeddings:
+            self.item_output = nn.Parameter(torch.empty(config.num_items, config.d_model))
+            nn.init.normal_(self.item_output, std=0.02)
         self.item_bias = nn.Parameter(torch.zeros(config.num_items))
         self.copy_head = CopyHead(config)
         self.category_head = nn.Linear(config.d_model, config.num_categories)
+        self.event_type_head = nn.Linear(config.d_model, config.num_event_types)
+        self.interest_head = nn.Linear(config.d_model, config.num_categories)
+        # Start every category at a prior of about 2 engaged categories per window, so the
+        # summed binary cross-entropy starts near its converged scale instead of at
+        # categories * log(2).
+        real_categories = config.num_categories - NUM_RESERVED_IDS
+        nn.init.constant_(self.interest_head.bias,
+                          math.log(2.0 / max(real_categories - 2.0, 1.0)))
+        self.purchase_head = nn.Linear(config.d_model, 1)
+        self.return_head = nn.Linear(config.d_model, 1)
+
+    @property
+    def item_output_weight(self) -> Tensor:
+        """`[items, dim]` output matrix of the vocabulary softmax."""
+        return self.embed.item.weight if self.item_output is None else self.item_output
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters below the shared representation (embeddings and backbone)."""
+        return [p for p in (*self.embed.parameters(), *self.backbone.parameters())
+                if p.requires_grad]
 
     def forward(self, batch: Batch) -> Tensor:
         """Return the final hidden states `[batch, seq, dim]` of a right-padded batch."""
@@ -226,8 +266,44 @@ class BehaviorGPT(nn.Module):
         Column j scores item id j + NUM_RESERVED_IDS. Leaving the reserved ids out of the
         matrix, instead of masking them, saves a copy of the largest tensor of a step.
         """
-        return F.linear(states, self.embed.item.weight[NUM_RESERVED_IDS:],
+        return F.linear(states, self.item_output_weight[NUM_RESERVED_IDS:],
                         self.item_bias[NUM_RESERVED_IDS:])
+
+    def sampled_item_log_probability(self, states: Tensor, targets: Tensor) -> Tensor:
+        """Sampled-softmax estimate of log p_vocab(target) for states `[P, dim]`, targets `[P]`.
+
+        Candidates are the P in-batch targets plus `sampled_negatives` uniform draws over the
+        real items. Each candidate logit is corrected by minus the log of its expected count
+        in the candidate list (log-Q correction, Yi et al. 2019): `n_j + S / V`, where `n_j` is
+        how often item j is a target in this batch (the in-batch estimate of its sampling
+        frequency), `S` the uniform draws and `V` the real items. Copies of a row's own target
+        among the other candidates are masked, so the target is counted once.
+
+        NOTE: in-batch negatives are per rank, so with more than one rank the candidates (and
+        the loss) differ from a one-process run on the same global batch.
+        """
+        real_items = self.config.num_items - NUM_RESERVED_IDS
+        real_targets = targets - NUM_RESERVED_IDS
+        uniform = torch.randint(real_items, (self.config.sampled_negatives,),
+                                device=states.device)
+        candidates = torch.cat([real_targets, uniform])
+
+        logits = F.linear(states, self.item_output_weight[NUM_RESERVED_IDS:][candidates],
+                          self.item_bias[NUM_RESERVED_IDS:][candidates])
+        batch_counts = torch.bincount(real_targets, minlength=real_items)[candidates]
+        expected_count = batch_counts.float() + self.config.sampled_negatives / real_items
+        logits = logits - torch.log(expected_count)
+
+        # Column p is row p's positive; any other column holding the same item is masked.
+        positive = torch.arange(len(targets), device=states.device)
+        same_item = real_targets.unsqueeze(1) == candidates.unsqueeze(0)
+        same_item[positive, positive] = False
+        logits = logits.masked_fill(same_item, torch.finfo(logits.dtype).min)
+        return -F.cross_entropy(logits, positive, reduction="none")
+
+    def uses_sampled_softmax(self) -> bool:
+        return (self.training and self.config.num_items - NUM_RESERVED_IDS
+                > self.config.sampled_softmax_threshold)
 
     def real_category_logits(self, states: Tensor) -> Tensor:
         """Category logits `[..., categories - NUM_RESERVED_IDS]`; column j is id j + 4."""
@@ -260,9 +336,13 @@ class BehaviorGPT(nn.Module):
         copy_probability = (attention * holds_target).sum(dim=-1)[target_mask]
 
         # Cross-entropy is the fused form of -log_softmax(logits)[target].
-        log_vocab_target = -F.cross_entropy(self.real_item_logits(hidden[target_mask]),
-                                            targets[target_mask] - NUM_RESERVED_IDS,
-                                            reduction="none")
+        if self.uses_sampled_softmax():
+            log_vocab_target = self.sampled_item_log_probability(hidden[target_mask],
+                                                                 targets[target_mask])
+        else:
+            log_vocab_target = -F.cross_entropy(self.real_item_logits(hidden[target_mask]),
+                                                targets[target_mask] - NUM_RESERVED_IDS,
+                                                reduction="none")
 
         # The clamp keeps log() finite where the target is not in the history. That term is
         # then about 1e-30 times the copy gate, with zero gradient.
@@ -287,8 +367,14 @@ class BehaviorGPT(nn.Module):
 
         categories = F.pad(torch.softmax(self.real_category_logits(state), dim=-1),
                            (NUM_RESERVED_IDS, 0))
-        return NextEventPrediction(item_probabilities=items, category_probabilities=categories,
-                                   hidden=state)
+        interest = torch.sigmoid(self.interest_head(state))
+        interest[:, :NUM_RESERVED_IDS] = 0
+        return NextEventPrediction(
+            item_probabilities=items, category_probabilities=categories, hidden=state,
+            event_type_probabilities=torch.softmax(self.event_type_head(state), dim=-1),
+            category_interest=interest,
+            purchase_probability=torch.sigmoid(self.purchase_head(state)).squeeze(-1),
+            return_probability=torch.sigmoid(self.return_head(state)).squeeze(-1))
 
     def category_attribution(self, batch: Batch, positions: Tensor,
                              categories: Tensor) -> Tensor:

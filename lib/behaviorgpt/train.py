@@ -1,14 +1,14 @@
-"""Train BehaviorGPT with DistributedDataParallel, one process per rank.
+"""Train BehaviorGPT with data parallelism, one process per rank.
 
 Run with torchrun (`torchrun --nproc_per_node=2 -m behaviorgpt.train --profile local`) or as
 a single process (`python -m behaviorgpt.train`), which trains without a process group.
 
 Each rank reads its own shards (shard i goes to rank i % world_size), so ranks can have
-different numbers of batches. The training loop runs inside `Join`: a rank that runs out of
-batches shadows the gradient all-reduce of the ranks still training until all are done. So
-no rank hangs, and every training sequence is used once per epoch, none dropped or repeated.
-With `divide_by_initial_world_size=False`, a step's gradient is the mean over the ranks that
-still had a batch.
+different numbers of batches. A rank that runs out of batches keeps joining each step's
+collectives with zeros until all are done (see `multitask.Trainer`, which also explains why
+gradients are all-reduced by hand instead of by DDP). So no rank hangs, and every training
+sequence is used once per epoch, none dropped or repeated. A step's gradient is the gradient
+of the multi-task loss over all targets of the ranks that still had a batch.
 
 Rank 0 alone logs. After the last epoch it saves the weights of the epoch with the best
 validation HR@10 while the other ranks wait at a barrier.
@@ -17,9 +17,10 @@ validation HR@10 while the other ranks wait at a barrier.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -27,9 +28,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms import Join
-from torch.nn.parallel import DistributedDataParallel
 
+from behaviorgpt.aggregation import Strategy, make_strategy
 from behaviorgpt.checkpoint import save_checkpoint
 from behaviorgpt.config import PipelineConfig, load_config
 from behaviorgpt.data import (EventSequences, read_manifest, read_rank_sequences,
@@ -37,14 +37,18 @@ from behaviorgpt.data import (EventSequences, read_manifest, read_rank_sequences
 from behaviorgpt.evaluate import RankingTotals, model_top_items
 from behaviorgpt.layout import Layout
 from behaviorgpt.loader import ExampleLoader, ExampleStream
-from behaviorgpt.losses import TASKS, MultiTaskLoss, combine_task_losses, validate_task_weights
+from behaviorgpt.losses import TASKS, MultiTaskLoss, validate_task_weights
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
-from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_RESERVED_IDS, NUM_TIME_GAP_IDS
+from behaviorgpt.multitask import Trainer, broadcast_parameters, measure_matmul_peak
+from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_TIME_GAP_IDS
 
 log = logging.getLogger(__name__)
 
 VALIDATION_K = 10
 """Cutoff of the validation hit rate logged each epoch."""
+
+DIAGNOSTICS_FILE = "diagnostics.jsonl"
+"""JSON lines file of the model folder with the gradient diagnostics of training."""
 
 
 @dataclass(frozen=True)
@@ -122,20 +126,42 @@ def build_model(cfg: PipelineConfig, vocab: dict, max_len: int) -> BehaviorGPT:
         num_event_types=int(vocab.get("num_event_types", NUM_EVENT_TYPE_IDS)),
         num_time_gaps=int(vocab.get("num_time_gaps", NUM_TIME_GAP_IDS)),
         max_len=max_len, d_model=cfg.model.d_model, n_layer=cfg.model.n_layer,
-        n_head=cfg.model.n_head, dropout=cfg.model.dropout)
+        n_head=cfg.model.n_head, dropout=cfg.model.dropout,
+        tie_item_embeddings=cfg.model.tie_item_embeddings,
+        sampled_softmax_threshold=cfg.model.sampled_softmax_threshold,
+        sampled_negatives=cfg.model.sampled_negatives)
     return BehaviorGPT(config)
 
 
-def make_optimizer(model: BehaviorGPT, cfg: PipelineConfig) -> torch.optim.AdamW:
-    """AdamW that decays matrices and embeddings but not biases and LayerNorm gains."""
+def make_optimizer(model: BehaviorGPT, cfg: PipelineConfig,
+                   strategy: Strategy | None = None) -> torch.optim.AdamW:
+    """AdamW that decays matrices and embeddings but not biases, LayerNorm gains or the
+    strategy's own parameters (uncertainty weighting's log-variances)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
+    extra = [] if strategy is None else [p for p in strategy.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if p.dim() >= 2],
                "weight_decay": cfg.train.weight_decay},
-              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+              {"params": [p for p in trainable if p.dim() < 2] + extra, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
 
 
-def all_reduce_sum(values: list[float], context: DistributedContext) -> list[float]:
+def build_trainer(model: BehaviorGPT, cfg: PipelineConfig, weights: dict[str, float],
+                  diagnostics_path: Path | None) -> Trainer:
+    """Build the loss, the aggregation strategy over the tasks with weight > 0, the optimizer
+    and the trainer from the config."""
+    tasks = tuple(task for task in TASKS if weights[task] > 0)
+    strategy = make_strategy(cfg.train.aggregation, [weights[task] for task in tasks],
+                             seed=cfg.train.seed, dwa_temperature=cfg.train.dwa_temperature,
+                             cagrad_c=cfg.train.cagrad_c).to(next(model.parameters()).device)
+    loss = MultiTaskLoss(model, window_events=cfg.train.window_events,
+                         return_days=cfg.train.return_days)
+    return Trainer(loss, strategy, tasks, make_optimizer(model, cfg, strategy),
+                   grad_clip_norm=cfg.train.grad_clip_norm,
+                   diagnostics_every=cfg.train.diagnostics_every,
+                   diagnostics_path=diagnostics_path)
+
+
+def all_reduce_floats(values: list[float], context: DistributedContext) -> list[float]:
     """Sum a list of numbers over all ranks (returned unchanged on a single rank)."""
     if not context.distributed:
         return values
@@ -144,41 +170,42 @@ def all_reduce_sum(values: list[float], context: DistributedContext) -> list[flo
     return tensor.tolist()
 
 
-def train_one_epoch(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: ExampleLoader, cfg: PipelineConfig, weights: dict[str, float],
+def train_one_epoch(trainer: Trainer, loader: ExampleLoader, cfg: PipelineConfig,
                     epoch: int, context: DistributedContext) -> dict[str, float]:
-    """Run one epoch over this rank's batches; return this rank's loss sums and counts."""
-    trainer.train()
-    sums = {"next_item": 0.0, "next_category": 0.0, "next_item_targets": 0.0,
-            "next_category_targets": 0.0, "sequences": 0.0, "batches": 0.0}
+    """Run one epoch over this rank's batches; return global loss sums and this rank's counts.
 
-    join = (Join([trainer], divide_by_initial_world_size=False) if context.distributed
-            else contextlib.nullcontext())
-    with join:
-        loader.set_epoch(epoch)
-        for batch in loader:
-            # A rank that stops early is shadowed by Join like one that ran out of batches.
-            if cfg.train.max_steps and sums["batches"] >= cfg.train.max_steps:
-                break
-            batch = batch.to(context.device)
-            losses = trainer(batch)
-            loss = combine_task_losses(losses, weights)
+    Every rank takes the same number of optimizer steps: the step ends when no rank has a
+    batch left. A rank whose batches ran out takes part in each step with zero losses and
+    gradients, so the step's gradient is that of the ranks that still had a batch, each
+    target counted once (the same semantics as DDP's `Join`, without its averaging).
+    """
+    trainer.loss.train()
+    sums = {task: 0.0 for task in trainer.tasks}
+    sums.update({f"{task}_targets": 0.0 for task in trainer.tasks})
+    sums.update(sequences=0.0, batches=0.0, steps=0.0, step_seconds=0.0, flops=0.0)
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainer.parameters(), cfg.train.grad_clip_norm)
-            optimizer.step()
-
-            # Sums weighted by target counts, so the epoch mean is per target, not per batch.
-            item_targets = int((batch.target_item >= NUM_RESERVED_IDS).sum())
-            category_targets = int((batch.target_category >= NUM_RESERVED_IDS).sum())
-            sums["next_item"] += losses["next_item"].item() * item_targets
-            sums["next_category"] += losses["next_category"].item() * category_targets
-            sums["next_item_targets"] += item_targets
-            sums["next_category_targets"] += category_targets
+    loader.set_epoch(epoch)
+    batches = iter(loader)
+    while True:
+        # A rank that reached train.max_steps takes part like one whose batches ran out.
+        if cfg.train.max_steps and sums["batches"] >= cfg.train.max_steps:
+            batch = None
+        else:
+            batch = next(batches, None)
+        started = time.perf_counter()
+        report = trainer.step(None if batch is None else batch.to(context.device))
+        if report is None:
+            break
+        sums["step_seconds"] += time.perf_counter() - started
+        sums["steps"] += 1
+        sums["flops"] += report.flops
+        for index, task in enumerate(trainer.tasks):
+            sums[task] += float(report.losses[index]) * float(report.counts[index])
+            sums[f"{task}_targets"] += float(report.counts[index])
+        if batch is not None:
             sums["sequences"] += batch.item.shape[0]
             sums["batches"] += 1
+    trainer.strategy.end_epoch()
     return sums
 
 
@@ -226,15 +253,20 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
     model = build_model(cfg, vocab, manifest.max_len).to(context.device)
     torch.manual_seed(cfg.train.seed + context.rank)
 
-    trainer: torch.nn.Module = MultiTaskLoss(model)
-    if context.distributed:
-        device_ids = [context.local_rank] if context.device.type == "cuda" else None
-        trainer = DistributedDataParallel(trainer, device_ids=device_ids)
-    optimizer = make_optimizer(model, cfg)
+    broadcast_parameters(model)
+    diagnostics_path = None
+    if context.is_main:
+        diagnostics_path = Path(tempfile.mkdtemp(prefix="behaviorgpt-")) / DIAGNOSTICS_FILE
+    trainer = build_trainer(model, cfg, weights, diagnostics_path)
 
-    log.info("training model %s: %d ranks, %d items, %d categories, %d parameters", model_version,
-             context.world_size, model.config.num_items, model.config.num_categories,
-             sum(p.numel() for p in model.parameters() if p.requires_grad))
+    # The machine's float32 matmul peak, measured in this process with its thread count.
+    matmul_peak = measure_matmul_peak(device=context.device)
+    log.info("training model %s: %d ranks, %d items, %d categories, %d parameters, tasks %s, "
+             "aggregation %s, measured float32 matmul peak %.1f GFLOP/s per rank",
+             model_version, context.world_size, model.config.num_items,
+             model.config.num_categories,
+             sum(p.numel() for p in model.parameters() if p.requires_grad),
+             ",".join(trainer.tasks), cfg.train.aggregation, matmul_peak / 1e9)
 
     history = []
     best_epoch, best_hit_rate, best_state = 0, -1.0, None
@@ -242,24 +274,32 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
     for epoch in range(cfg.train.epochs):
         epoch_started = time.perf_counter()
         loader.reset_wait()
-        sums = train_one_epoch(trainer, optimizer, loader, cfg, weights, epoch, context)
+        sums = train_one_epoch(trainer, loader, cfg, epoch, context)
         seconds = time.perf_counter() - epoch_started
         sums["data_wait_seconds"] = loader.reset_wait()
         validation = validation_totals(model, sequences, cfg.train.batch_size, context)
 
-        keys = list(sums)
-        totals = dict(zip(keys, all_reduce_sum([sums[key] for key in keys], context)))
-        hits, ndcg, users = all_reduce_sum(
+        # Loss sums are already global; sequences, batches and FLOPs are per rank.
+        per_rank = ["sequences", "batches", "flops", "data_wait_seconds"]
+        totals = dict(sums)
+        totals.update(zip(per_rank,
+                          all_reduce_floats([sums[key] for key in per_rank], context)))
+        hits, ndcg, users = all_reduce_floats(
             [validation.hits, validation.ndcg, float(validation.users)], context)
 
         record = {"epoch": epoch + 1}
-        for task in TASKS:
+        for task in trainer.tasks:
             record[task] = totals[task] / max(totals[f"{task}_targets"], 1.0)
-        record["loss"] = sum(weights[task] * record[task] for task in TASKS)
+        record["loss"] = sum(weights[task] * record[task] for task in trainer.tasks)
         record[f"validation_hr@{VALIDATION_K}"] = hits / max(users, 1.0)
         record[f"validation_ndcg@{VALIDATION_K}"] = ndcg / max(users, 1.0)
         record["sequences_per_s"] = totals["sequences"] / seconds
-        record["targets_per_s"] = totals["next_item_targets"] / seconds
+        record["targets_per_s"] = totals.get("next_item_targets", 0.0) / seconds
+        record["seconds_per_step"] = sums["step_seconds"] / max(sums["steps"], 1.0)
+        # MFU: this rank's model FLOPs per second of step time over its measured peak,
+        # averaged over ranks (each rank has its own core and peak).
+        record["mfu"] = (totals["flops"] / context.world_size
+                         / max(sums["step_seconds"], 1e-9) / matmul_peak)
         # Mean over ranks of the share of the epoch spent waiting for the next batch.
         record["data_wait_fraction"] = totals["data_wait_seconds"] / (context.world_size * seconds)
         history.append(record)
@@ -272,11 +312,12 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
             if context.is_main:
                 best_state = {name: tensor.detach().to("cpu", copy=True)
                               for name, tensor in model.state_dict().items()}
-        log.info("epoch %d/%d: loss %.4f (next_item %.4f, next_category %.4f) | validation "
-                 "HR@%d %.4f on %d users | %.0f sequences/s, %.0f targets/s",
-                 epoch + 1, cfg.train.epochs, record["loss"], record["next_item"],
-                 record["next_category"], VALIDATION_K, record[f"validation_hr@{VALIDATION_K}"],
-                 users, record["sequences_per_s"], record["targets_per_s"])
+        task_losses = ", ".join(f"{task} {record[task]:.4f}" for task in trainer.tasks)
+        log.info("epoch %d/%d: loss %.4f (%s) | validation HR@%d %.4f on %d users | "
+                 "%.0f sequences/s, %.3f s/step, MFU %.2f%%",
+                 epoch + 1, cfg.train.epochs, record["loss"], task_losses, VALIDATION_K,
+                 record[f"validation_hr@{VALIDATION_K}"], users, record["sequences_per_s"],
+                 record["seconds_per_step"], 100 * record["mfu"])
 
     batches_per_rank = [int(sums["batches"])]
     wait_per_rank = [sums["data_wait_seconds"] / seconds]
@@ -295,6 +336,8 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         "weight_decay": cfg.train.weight_decay,
         "seed": cfg.train.seed,
         "task_weights": weights,
+        "aggregation": cfg.train.aggregation,
+        "matmul_peak_flops": matmul_peak,
         "train_sequences_per_epoch": int(totals["sequences"]),
         "batches_per_rank_per_epoch": batches_per_rank,
         "last_epoch_data_wait_fraction_per_rank": wait_per_rank,
@@ -309,6 +352,9 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         log.info("keeping the weights of epoch %d (validation HR@%d %.4f)", best_epoch,
                  VALIDATION_K, best_hit_rate)
         model_dir = save_checkpoint(model, layout, model_version, layout.vocab_dir, summary)
+        if diagnostics_path.is_file():
+            shutil.move(diagnostics_path, model_dir / DIAGNOSTICS_FILE)
+        shutil.rmtree(diagnostics_path.parent, ignore_errors=True)
         log.info("saved model %s to %s", model_version, model_dir)
     # Other ranks wait here, inside the process group timeout, until the checkpoint exists.
     if context.distributed:
