@@ -146,7 +146,7 @@ def tokenize_events(numbered: DataFrame, items: DataFrame, categories: DataFrame
 
 def user_histories(token_events: DataFrame) -> DataFrame:
     """Group token events into one row per user with the streams in time order."""
-    position = F.struct("event_ts", "event_id", *STREAM_COLUMNS)
+    position = F.struct("event_ts", "event_id", *STREAM_COLUMNS, "item_id", "category_id")
     grouped = token_events.groupBy("user_key").agg(
         F.array_sort(F.collect_list(position)).alias("events"))
     return grouped.select(
