@@ -50,6 +50,13 @@ def plan(report: dict, args: argparse.Namespace) -> str:
     bytes_per_event = largest["input_bytes"] / largest["events"]
     events_per_user = largest["events"] / largest["users"]
 
+    missing = [stage for stage in (*SPARK_STAGES, "score")
+               if stages[stage]["events_per_s_per_core"] is None]
+    if missing:
+        raise SystemExit(f"no per-core rate for {', '.join(missing)} in {args.report}: their "
+                         f"times did not exceed the baseline's. Rerun the benchmark with "
+                         f"larger --sizes.")
+
     # Core-seconds per event of the stages before training, then of scoring.
     spark_core_s = sum(1.0 / stages[stage]["events_per_s_per_core"] for stage in SPARK_STAGES)
     score_core_s = 1.0 / stages["score"]["events_per_s_per_core"]

@@ -247,23 +247,27 @@ def summarize(results: list[dict], *, master: str, train_steps: int) -> dict:
         fixed = baseline["seconds"][stage]
         times = [r["seconds"][stage] for r in sizes]
         cores = last["training_cores"] if stage == "train" else last["spark_cores"]
-        net_last = max(last["seconds"][stage] - fixed, 1e-9)
-        net_before = max(before_last["seconds"][stage] - fixed, 1e-9)
+        net_last = last["seconds"][stage] - fixed
+        net_before = before_last["seconds"][stage] - fixed
         scale = last["events"] / before_last["events"]
-        linearity = net_last / (scale * net_before) if last is not before_last else 1.0
-        rate = (last["events"] - baseline["events"]) / net_last / cores
+        # A size whose time does not exceed the baseline's has no measurable variable cost
+        # (the difference is noise), so neither the rate nor the linearity can be computed.
+        linearity = (net_last / (scale * net_before)
+                     if net_last > 0 and net_before > 0 and last is not before_last else None)
+        rate = (last["events"] - baseline["events"]) / net_last / cores if net_last > 0 else None
         stages[stage] = {
             "fixed_s": fixed, "seconds": times,
             "ratio_second_to_first": before_last["seconds"][stage] / first["seconds"][stage],
             "ratio_last_to_first": last["seconds"][stage] / first["seconds"][stage],
             "events_per_s_per_core": rate, "linearity": linearity,
-            "within_target": linearity <= LINEAR_TARGET,
+            "within_target": linearity is not None and linearity <= LINEAR_TARGET,
         }
+        verdict = ("n/a" if linearity is None else
+                   f"{linearity:.2f} {'ok' if linearity <= LINEAR_TARGET else 'OVER'}")
         lines.append(_row([stage, f"{fixed:.1f}", *[f"{t:.1f}" for t in times],
                            f"{stages[stage]['ratio_second_to_first']:.2f}",
                            f"{stages[stage]['ratio_last_to_first']:.2f}",
-                           f"{rate:,.0f}",
-                           f"{linearity:.2f} {'ok' if linearity <= LINEAR_TARGET else 'OVER'}"]))
+                           "n/a" if rate is None else f"{rate:,.0f}", verdict]))
 
     spark_start = [r["spark_start_s"] for r in results]
     bytes_per_event = last.get("input_bytes", 0) / last["events"]

@@ -18,6 +18,7 @@ import pyspark
 import pytest
 from pyspark.sql import functions as F
 
+import behaviorgpt
 from behaviorgpt.layout import EVENTS_TABLE, PROFILES_TABLE, SESSIONS_TABLE, Layout
 from behaviorgpt.spark import LOCAL_CLUSTER_HOME
 from behaviorgpt.tables import read_table
@@ -28,16 +29,42 @@ CLUSTER_SETTINGS = [
     "spark.extra={'spark.ui.enabled': 'false', "
     "'spark.databricks.delta.snapshotPartitions': '1', "
     "'spark.sql.sources.parallelPartitionDiscovery.parallelism': '2', "
-    "'spark.default.parallelism': '2'}",
+    "'spark.default.parallelism': '2', "
+    # A busy test machine can stall an executor JVM past the default 10 s heartbeat reply;
+    # the driver would then drop the executor and recompute its work.
+    "'spark.executor.heartbeatInterval': '30s', 'spark.network.timeout': '600s'}",
     "generator.users=80",
     "train.epochs=1",
 ]
 
 
+EXECUTOR_PROBE = """
+import json, sys
+from pyspark.sql import SparkSession
+from behaviorgpt.cli import main
+
+status = main(sys.argv[1:])
+
+def where_imported(frames):
+    import os, sys, pandas, behaviorgpt
+    for _ in frames:
+        yield pandas.DataFrame({"python": [sys.executable], "package": [behaviorgpt.__file__],
+                                "pid": [os.getpid()]})
+
+spark = SparkSession.getActiveSession()
+rows = (spark.range(4).repartition(2)
+        .mapInPandas(where_imported, "python string, package string, pid long").collect())
+print(json.dumps({"status": status, "executors": [row.asDict() for row in rows]}))
+"""
+"""Source of the child process: run the CLI, then run one task in each executor's Python
+worker that returns its interpreter and the path of the imported package, and print those as
+JSON on the last output line."""
+
+
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("local_cluster")
-    command = [sys.executable, "-m", "behaviorgpt.cli", "run", "--root", str(root),
+    command = [sys.executable, "-c", EXECUTOR_PROBE, "run", "--root", str(root),
                "--date", "2017-12-04"]
     for setting in CLUSTER_SETTINGS:
         command += ["--set", setting]
@@ -46,15 +73,18 @@ def cluster_run(tmp_path_factory):
     # the point is that the pipeline finds both on its own.
     env = {name: value for name, value in os.environ.items()
            if name not in ("SPARK_HOME", "PYSPARK_PYTHON")}
-    env.update({"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    # Master, workers and executors talk over loopback only.
+    env.update({"SPARK_LOCAL_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
+                "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return Layout.from_root(root), result
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    return Layout.from_root(root), result, probe
 
 
 @pytest.mark.slow
 def test_local_cluster_runs_every_stage(spark, cluster_run):
-    layout, result = cluster_run
+    layout, result, probe = cluster_run
 
     stats = read_table(spark, layout, "ingest_runs").first()
     events = read_table(spark, layout, EVENTS_TABLE)
@@ -62,7 +92,7 @@ def test_local_cluster_runs_every_stage(spark, cluster_run):
     profiles = read_table(spark, layout, PROFILES_TABLE)
     manifest = json.loads((layout.sequences_dir / "manifest.json").read_text())
 
-    # Ingest: every line accounted for, and the generator's clean log loses none.
+    # Ingest: every line read is accepted, quarantined or counted as a duplicate.
     assert stats["lines_read"] > 1000
     assert stats["lines_read"] == stats["accepted"] + stats["quarantined"] + stats["duplicates"]
     assert events.count() == stats["accepted"]
@@ -77,12 +107,24 @@ def test_local_cluster_runs_every_stage(spark, cluster_run):
     # Scoring ran the model in the executors' Python workers: one profile per sequence.
     assert profiles.count() == manifest["rows"]
     assert profiles.where(F.size("top_items") != 10).count() == 0
+    assert probe["status"] == 0
     assert "stage score: finished" in result.stderr
 
 
 @pytest.mark.slow
+def test_local_cluster_executors_import_this_package(cluster_run):
+    _, _, probe = cluster_run
+    package = str(Path(behaviorgpt.__file__).resolve())
+
+    # Both partitions ran in separate Python workers of the executors.
+    assert len({row["pid"] for row in probe["executors"]}) == 2
+    assert {row["python"] for row in probe["executors"]} == {sys.executable}
+    assert {str(Path(row["package"]).resolve()) for row in probe["executors"]} == {package}
+
+
+@pytest.mark.slow
 def test_local_cluster_executors_write_under_root(cluster_run):
-    layout, _ = cluster_run
+    layout, _, _ = cluster_run
     spark_home = layout.root / LOCAL_CLUSTER_HOME
     package_home = Path(pyspark.__file__).resolve().parent
     executor_logs = list((spark_home / "work").glob("app-*/*/stderr"))
