@@ -32,7 +32,7 @@ NIGHT_SETTINGS = ["--set", "train.nproc=1", "--set", "train.epochs=1", "--set", 
 
 # NOTE: these checks pass today because sessionize and sequences recompute from every event
 # kept. They are written for the incremental `--date D` mode (only day D ingested, sessions
-# stitched across midnight) built separately; drop the xfail marks once that mode is merged.
+# stitched across midnight) built separately. Drop the xfail marks once that mode is merged.
 INCREMENTAL = "expects the incremental --date D mode of ingest and sessionize"
 
 MIDNIGHT_USER = "99999001"
