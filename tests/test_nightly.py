@@ -30,10 +30,9 @@ NIGHT_SETTINGS = ["--set", "train.nproc=1", "--set", "train.epochs=1", "--set", 
                   "--set", "model.n_layer=1", "--set", "sequences.num_shards=1",
                   "--set", "spark.shuffle_partitions=2"]
 
-# NOTE: these checks pass today because sessionize and sequences recompute from every event
-# kept. They are written for the incremental `--date D` mode (only day D ingested, sessions
-# stitched across midnight) built separately. Drop the xfail marks once that mode is merged.
-INCREMENTAL = "expects the incremental --date D mode of ingest and sessionize"
+# Nights after the first ingest and sessionize only their own day, continuing sessions that
+# cross midnight from the previous day's tail.
+INCREMENTAL = ["--set", "ingest.scope=run_date"]
 
 MIDNIGHT_USER = "99999001"
 """A user whose session runs from 23:50 on day 1 to 00:10 on day 2."""
@@ -75,9 +74,10 @@ def nights(spark, tmp_path_factory):
     *per_day, full = day_logs(folder)
     nightly, reference = folder / "nightly", folder / "full"
 
-    for name, log in zip(DAYS, per_day):
+    for night, (name, log) in enumerate(zip(DAYS, per_day)):
+        scope = INCREMENTAL if night > 0 else []
         assert main(["run", "--root", str(nightly), "--date", name, "--input", str(log),
-                     "--run-id", f"night-{name}", *NIGHT_SETTINGS]) == 0
+                     "--run-id", f"night-{name}", *NIGHT_SETTINGS, *scope]) == 0
     for stage in ("ingest", "sessionize", "sequences"):
         assert main([stage, "--root", str(reference), "--date", DAYS[-1], "--input", str(full),
                      *NIGHT_SETTINGS]) == 0
@@ -93,7 +93,6 @@ def assert_same_rows(left, right) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=INCREMENTAL)
 def test_nights_equal_full_run_sessions(spark, nights):
     nightly, reference, _ = nights
 
@@ -105,7 +104,6 @@ def test_nights_equal_full_run_sessions(spark, nights):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=INCREMENTAL)
 def test_nights_equal_full_run_sequences(spark, nights):
     nightly, reference, _ = nights
 
@@ -115,7 +113,6 @@ def test_nights_equal_full_run_sequences(spark, nights):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=INCREMENTAL)
 def test_every_user_seen_has_profile(spark, nights):
     nightly, _, users = nights
     expected = {pseudonymize(user, DEVELOPMENT_KEY) for user in users}
