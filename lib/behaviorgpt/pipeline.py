@@ -126,8 +126,13 @@ def run_score(context: RunContext) -> str:
     from behaviorgpt.scoring import (read_model_version, score_users, select_users_to_score,
                                      write_profiles)
 
-    spark = context.get_spark()
+    from behaviorgpt.tables import check_catalog_name
+
     settings = context.config.score
+    if settings.database:
+        check_catalog_name(settings.database)  # fail before scoring, not after it
+
+    spark = context.get_spark()
     model_dir = context.layout.latest_model_dir()
     shards = spark.read.parquet(str(context.layout.sequences_dir / "shards"))
     to_score = select_users_to_score(spark, shards, context.layout,
