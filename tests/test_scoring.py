@@ -321,8 +321,8 @@ def test_tables_read_without_spark(spark, scored_root):
     # deltalake reads the transaction log; DuckDB queries the same files as an Arrow dataset.
     profiles = DeltaTable(str(layout.table(PROFILES_TABLE)))
     dataset = profiles.to_pyarrow_dataset()
-    users, explained = duckdb.sql(
-        "SELECT count(*), sum(len(evidence)) FROM dataset").fetchone()
+    [(users, explained)] = duckdb.sql(
+        "SELECT count(*), sum(len(evidence)) FROM dataset").fetchall()
     history = DeltaTable(str(layout.table(PROFILES_HISTORY_TABLE)))
 
     assert users == 9
