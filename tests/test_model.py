@@ -199,7 +199,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(actual.hidden, expected.hidden)
     assert description["model_version"] == "v1"
     assert description["model"]["num_items"] == NUM_ITEMS
-    assert layout.latest_model_dir() == model_dir
+    assert layout.candidate_model_dir() == model_dir
     assert (model_dir / "vocab" / "items.parquet").is_file()
 
 

@@ -62,3 +62,19 @@ def test_default_run_finds_planted_interest(spark, default_pipeline):
     # 0.97 above 20): the misses are users whose few events say little about them.
     assert len(joined) == len(strongest)
     assert sum(hits) / len(hits) >= 0.85
+
+
+def test_default_run_is_recorded(spark, default_pipeline):
+    from behaviorgpt.pipeline import STAGES
+
+    [row] = read_table(spark, default_pipeline, "pipeline_runs").collect()
+    written = {(t["stage"], t["table"]): t["version"] for t in row["tables_written"]}
+
+    assert (row["command"], row["status"], row["flagged"]) == ("run", "succeeded", False)
+    assert [stage["stage"] for stage in row["stages"]] == list(STAGES)
+    assert written[("ingest", EVENTS_TABLE)] == 0
+    assert written[("score", PROFILES_TABLE)] == 0
+    assert {(t["table"], t["version"]) for t in row["tables_read"]} >= {(EVENTS_TABLE, 0)}
+    assert row["quality_gate"] == "first_model"
+    assert row["model_serving"] == row["model_candidate"] is not None
+    assert json.loads(row["config_json"])["run_date"] == "2017-12-04"

@@ -49,3 +49,27 @@ def test_dev_key_used_locally(monkeypatch):
     key = pseudonymization_key(PrivacyConfig(key_env="TEST_PSEUDONYM_KEY", allow_dev_key=True))
 
     assert key == DEVELOPMENT_KEY
+
+
+def test_personal_columns_dropped(spark, tmp_path):
+    from pathlib import Path
+
+    from behaviorgpt.cli import main
+    from behaviorgpt.layout import Layout
+    from behaviorgpt.tables import read_table
+
+    folder = Path(__file__).parent / "data" / "bad" / "personal"
+    personal = ["Alice Example", "alice@example.com", "+49 30 1234567", "192.0.2.10",
+                "Bob Example", "bob@example.com", "+1 555 0100", "198.51.100.7"]
+
+    status = main(["ingest", "--root", str(tmp_path), "--input", str(folder / "export.csv"),
+                   "--date", "2017-12-04", "--set", "ingest.format=generic",
+                   "--set", f"ingest.mapping={folder / 'mapping.yaml'}"])
+
+    assert status == 0
+    layout = Layout.from_root(tmp_path)
+    for table in ("events", "quarantine", "ingest_runs"):
+        rows = read_table(spark, layout, table).toJSON().collect()
+        assert rows, table
+        for value in personal:
+            assert not any(value in row for row in rows), (table, value)

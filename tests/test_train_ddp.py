@@ -71,7 +71,7 @@ def test_ddp_run_writes_loadable_checkpoint(trained):
 
     model, description = load_checkpoint(model_dir)
 
-    assert layout.latest_model_dir() == model_dir
+    assert layout.candidate_model_dir() == model_dir
     assert (model_dir / "model.safetensors").is_file()
     assert description["model"]["num_items"] == NUM_ITEMS
     assert description["training"]["world_size"] == 2
@@ -130,3 +130,24 @@ def test_single_process_run_without_torchrun(tmp_path, monkeypatch):
     _, description = load_checkpoint(Layout.from_root(tmp_path).model_dir("solo"))
     assert description["training"]["world_size"] == 1
     assert description["training"]["train_sequences_per_epoch"] == 40
+
+
+def test_max_steps_caps_each_epoch(tmp_path, monkeypatch):
+    users, _ = synthetic_users(40, 104, 12, min_length=5, max_length=20, seed=2)
+    write_dataset(tmp_path, users, [25, 15], 20, 104, 12)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+
+    try:
+        main(["--profile", "local", "--model-version", "capped", "--set", f"paths.root={tmp_path}",
+              "--set", "train.epochs=2", "--set", "train.batch_size=8",
+              "--set", "train.max_steps=2"])
+    finally:
+        torch.set_num_threads(threads)
+
+    _, description = load_checkpoint(Layout.from_root(tmp_path).model_dir("capped"))
+    # 40 users in batches of 8 would be 5 steps; the cap stops each epoch after 2.
+    assert description["training"]["batches_per_rank_per_epoch"] == [2]
+    assert description["training"]["train_sequences_per_epoch"] == 16
+    assert description["training"]["max_steps"] == 2

@@ -8,7 +8,8 @@ A model folder `models/<model_version>/` contains:
 - `vocab/`: a copy of the vocabulary the model was trained with, so scoring maps token ids
   back to raw ids even after the sequences are rebuilt.
 
-`models/LATEST` then names the version that scoring uses by default.
+`models/CANDIDATE` then names the new version. Scoring uses the version in `models/LATEST`,
+which only the quality gate (`behaviorgpt.gate`) moves, once the candidate is evaluated.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(model: BehaviorGPT, layout: Layout, model_version: str,
                     vocab_dir: str | Path, training_summary: dict) -> Path:
-    """Write a model folder, then point `LATEST` at it; return the folder.
+    """Write a model folder, then point `CANDIDATE` at it; return the folder.
 
     Only rank 0 calls this. The folder is assembled under a temporary name and renamed, so a
-    crash never leaves a half-written model that `LATEST` could name. Raises FileExistsError
+    crash never leaves a half-written model that `CANDIDATE` could name. Raises FileExistsError
     if the version already exists.
     """
     target = layout.model_dir(model_version)
@@ -66,7 +67,7 @@ def save_checkpoint(model: BehaviorGPT, layout: Layout, model_version: str,
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    _write_atomically(layout.latest_model_file, model_version + "\n")
+    layout.point(layout.candidate_model_file, model_version)
     return target
 
 
@@ -125,9 +126,3 @@ def _unshared_state_dict(model: BehaviorGPT) -> dict[str, torch.Tensor]:
                              f"register a tied weight once and reuse it in forward")
         owners[pointer] = name
     return {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -16,8 +16,9 @@ STAGE_HELP = {
     "sessionize": "split each user's events into sessions",
     "sequences": "build the vocabulary and the Parquet training shards",
     "train": "train the multi-task GPT with torchrun (DDP)",
-    "evaluate": "leave-one-out next-item metrics of the latest model and the baselines",
-    "score": "write user_interest_profiles with the latest model",
+    "evaluate": "leave-one-out next-item metrics of the new model and the baselines",
+    "gate": "make the new model the serving one unless its NDCG@10 dropped too far",
+    "score": "write user_interest_profiles with the serving model (models/LATEST)",
 }
 
 
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--date", help="run date YYYY-MM-DD (default: today, UTC)")
     common.add_argument("--input", help="input event log (file or folder); default: generate one")
     common.add_argument("--root", help="folder for all tables and models (paths.root)")
+    common.add_argument("--run-id",
+                        help="id of this run in pipeline_runs, e.g. the orchestrator's run id; "
+                             "a retry with the same id and command replaces the earlier row "
+                             "(default: <date>-<HHMMSS>)")
     common.add_argument("--full-rescore", action="store_true",
                         help="score every user instead of only users with new events "
                              "(sets score.full_rescore=true)")
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(arguments.profile, overrides, arguments.conf)
         context = RunContext.create(config, profile=arguments.profile, conf_dir=arguments.conf,
-                                    overrides=overrides)
+                                    overrides=overrides, run_id=arguments.run_id)
     except (ConfigError, ValueError) as error:
         print(f"behaviorgpt: error: {error}", file=sys.stderr)
         return 2
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(context, stages))
         return 0
 
-    run_stages(context, stages)
+    run_stages(context, stages, command=arguments.command)
     if arguments.command in ("run", "score"):
         print_summary(context)
     return 0

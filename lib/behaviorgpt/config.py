@@ -67,15 +67,50 @@ class PathsConfig:
         None, "Input event log; empty means the embedded generator writes one under root.")
 
 
+INPUT_FORMATS = ("taobao", "movielens", "otto", "rees46", "retailrocket", "yoochoose",
+                 "diginetica", "generic")
+
+
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
-    format: str = _option("taobao", "Input preset.", choices=("taobao",))
+    format: str = _option(
+        "taobao", "Input preset; `generic` reads the YAML mapping named by ingest.mapping.",
+        choices=INPUT_FORMATS)
+    mapping: str | None = _option(
+        None, "YAML file that describes the input layout when ingest.format is generic.")
+    event_type_map: dict = _option(
+        {}, "Extra source event types mapped to canonical ones, e.g. {click: view}; "
+        "unmapped types are quarantined.")
+    drop_columns: list = _option(
+        ["name", "first_name", "last_name", "full_name", "email", "phone", "phone_number",
+         "ip", "ip_address"],
+        "Source columns (case-insensitive) that never reach any table: personal data.")
+    max_events_per_user_day: int = _option(
+        20000, "Events above which a user's whole day is quarantined as a bot; 0 turns it off.",
+        minimum=0)
+    earliest_date: str = _option(
+        "2000-01-01", "Events before this UTC date are quarantined as implausible.")
+    future_tolerance_hours: float = _option(
+        24.0, "Events more than this many hours after the run started are quarantined.",
+        minimum=0.0)
+    scope: str = _option(
+        "all", "all: ingest and sessionize every date in the input; run_date: only the run "
+        "date (incremental runs), replacing that date's partitions and continuing sessions "
+        "open at midnight.", choices=("all", "run_date"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class SessionConfig:
     gap_minutes: float = _option(
         30.0, "Inactivity gap, in minutes, that starts a new session.", minimum=0.01)
+    max_duration_minutes: float = _option(
+        720.0, "A session is split into pieces of at most this many minutes (measured from "
+        "the start of its inactivity-gap run); 0 turns the limit off.", minimum=0.0)
+    max_events: int = _option(
+        1000, "A session is split after this many events; 0 turns the limit off.", minimum=0)
+    use_source_sessions: bool = _option(
+        False, "Group events by the source's own session key (events.session_key) instead of "
+        "the inactivity gap; events without a key fall back to the gap.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +136,9 @@ class TrainConfig:
     nproc: int = _option(2, "Training processes started by torchrun on this machine.", minimum=1)
     epochs: int = _option(8, "Passes over the training sequences.", minimum=1)
     batch_size: int = _option(32, "Sequences per rank per step.", minimum=1)
+    max_steps: int = _option(
+        0, "Optimizer steps per rank per epoch at most; 0 means a full pass over the rank's "
+        "sequences. Benchmarks set it to time a fixed amount of training.", minimum=0)
     learning_rate: float = _option(3e-3, "AdamW learning rate.", minimum=0.0)
     weight_decay: float = _option(0.01, "AdamW weight decay.", minimum=0.0)
     seed: int = _option(0, "Seed for weights, dropout and data order.")
@@ -110,9 +148,22 @@ class TrainConfig:
     num_threads: int = _option(1, "torch intra-op threads per training process.", minimum=1)
     grad_clip_norm: float = _option(
         1.0, "Clip the global gradient norm to this value; 0 turns clipping off.", minimum=0.0)
+    warm_start: bool = _option(
+        False, "Start from the serving model's weights (models/LATEST) instead of random ones; "
+        "the nightly DAG sets it on every day but the full-retrain weekday.")
     dist_timeout_minutes: float = _option(
         10.0, "Timeout, in minutes, of every collective call of the training process group "
         "(a rank that waits longer for the others fails).", minimum=0.1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualityGateConfig:
+    enabled: bool = _option(
+        True, "Judge each new model before scoring uses it; false promotes every new model.")
+    max_ndcg_drop: float = _option(
+        0.01, "Largest drop of next-item NDCG@10 (absolute, from the serving model's "
+        "metrics.json to the new model's) that still promotes the new model.",
+        minimum=0.0, maximum=1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +226,7 @@ class PipelineConfig:
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    quality_gate: QualityGateConfig = field(default_factory=QualityGateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

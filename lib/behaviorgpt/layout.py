@@ -3,10 +3,13 @@
 This module is the one place that names paths; Spark-side and torch-side code both ask it, so
 it imports neither pyspark nor torch. Delta tables sit under `<root>/delta/`, Parquet training
 shards under `<root>/sequences/`, trained models under `<root>/models/<model_version>/`.
+Two pointer files there name model versions: `CANDIDATE` the newest trained model, `LATEST`
+the model that scoring uses (the quality gate moves `LATEST` to the candidate or keeps it).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,7 @@ EVENTS_TABLE = "events"
 QUARANTINE_TABLE = "quarantine"
 SESSIONS_TABLE = "sessions"
 PROFILES_TABLE = "user_interest_profiles"
+PIPELINE_RUNS_TABLE = "pipeline_runs"
 PROFILES_HISTORY_TABLE = "user_interest_profiles_history"
 
 
@@ -63,11 +67,36 @@ class Layout:
         """Text file that holds the model version the scoring job uses by default."""
         return self.models_dir / "LATEST"
 
+    @property
+    def candidate_model_file(self) -> Path:
+        """Text file that names the newest trained model, before the quality gate judges it."""
+        return self.models_dir / "CANDIDATE"
+
+    def pointed_version(self, pointer: Path) -> str | None:
+        """Model version named in a pointer file (`LATEST`, `CANDIDATE`), or None if absent."""
+        if not pointer.is_file():
+            return None
+        return pointer.read_text(encoding="utf-8").strip() or None
+
+    def point(self, pointer: Path, model_version: str) -> None:
+        """Make a pointer file name `model_version`, atomically (write aside, then rename)."""
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        temporary = pointer.with_name(f".{pointer.name}.tmp")
+        temporary.write_text(model_version + "\n", encoding="utf-8")
+        os.replace(temporary, pointer)
+
     def latest_model_dir(self) -> Path:
-        """Return the folder of the model named in `LATEST`; raise if none was trained."""
-        if not self.latest_model_file.is_file():
-            raise FileNotFoundError(
-                f"no trained model under {self.models_dir}: {self.latest_model_file} is missing. "
-                f"Run `behaviorgpt train` first.")
-        version = self.latest_model_file.read_text(encoding="utf-8").strip()
+        """Return the folder of the serving model (named in `LATEST`); raise if there is none."""
+        return self._pointed_model_dir(self.latest_model_file, "serving",
+                                       "`behaviorgpt train`, `evaluate` and `gate`")
+
+    def candidate_model_dir(self) -> Path:
+        """Return the folder of the newest trained model (named in `CANDIDATE`); raise if none."""
+        return self._pointed_model_dir(self.candidate_model_file, "trained", "`behaviorgpt train`")
+
+    def _pointed_model_dir(self, pointer: Path, kind: str, commands: str) -> Path:
+        version = self.pointed_version(pointer)
+        if version is None:
+            raise FileNotFoundError(f"no {kind} model under {self.models_dir}: {pointer} is "
+                                    f"missing. Run {commands} first.")
         return self.model_dir(version)

@@ -16,11 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from behaviorgpt.config import PipelineConfig
-from behaviorgpt.layout import EVENTS_TABLE, PROFILES_TABLE, SESSIONS_TABLE, Layout
+from behaviorgpt.layout import (EVENTS_TABLE, PROFILES_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE,
+                                Layout)
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "sessionize", "sequences", "train", "evaluate", "score")
+STAGES = ("ingest", "sessionize", "sequences", "train", "evaluate", "gate", "score")
+
+INGEST_RUNS_TABLE = "ingest_runs"  # written by events.ingest_taobao
+
+STAGE_TABLES = {
+    "ingest": ((), (EVENTS_TABLE, QUARANTINE_TABLE, INGEST_RUNS_TABLE)),
+    "sessionize": ((EVENTS_TABLE,), (SESSIONS_TABLE,)),
+    "sequences": ((SESSIONS_TABLE,), ()),
+    "train": ((), ()),
+    "evaluate": ((), ()),
+    "gate": ((), ()),
+    "score": ((), (PROFILES_TABLE,)),
+}
+"""Delta tables each stage reads and writes, as (read, written); `pipeline_runs` records their
+versions. The torch stages read Parquet shards and model folders, recorded as model versions."""
 
 
 @dataclass
@@ -39,12 +54,14 @@ class RunContext:
 
     @classmethod
     def create(cls, config: PipelineConfig, *, profile: str | None, conf_dir: str | None,
-               overrides: list[str]) -> "RunContext":
+               overrides: list[str], run_id: str | None = None) -> "RunContext":
+        from behaviorgpt.runs import check_run_id
+
         now = dt.datetime.now(dt.timezone.utc)
         run_date = config.run_date or now.date().isoformat()
         _check_date(run_date)
         return cls(config=config, profile=profile, conf_dir=conf_dir, overrides=list(overrides),
-                   run_date=run_date, run_id=f"{run_date}-{now:%H%M%S}",
+                   run_date=run_date, run_id=check_run_id(run_id or f"{run_date}-{now:%H%M%S}"),
                    layout=Layout.from_root(config.paths.root))
 
     def get_spark(self):
@@ -73,22 +90,31 @@ def input_path(context: RunContext) -> str:
 
 
 def run_ingest(context: RunContext):
-    from behaviorgpt.events import ingest_taobao
+    from behaviorgpt.events import ingest_events
     from behaviorgpt.privacy import pseudonymization_key
 
     key = pseudonymization_key(context.config.privacy)
-    stats = ingest_taobao(context.get_spark(), input_path(context), context.layout, key=key,
-                          run_id=context.run_id, run_date=context.run_date)
+    stats = ingest_events(context.get_spark(), input_path(context), context.layout,
+                          settings=context.config.ingest, key=key, run_id=context.run_id,
+                          run_date=context.run_date)
     return stats
 
 
 def run_sessionize(context: RunContext):
-    from behaviorgpt.sessions import SESSIONS_PARTITION, sessionize
+    from behaviorgpt.sessions import SESSIONS_PARTITION, sessionize, sessionize_day
     from behaviorgpt.tables import read_table, write_table
 
-    events = read_table(context.get_spark(), context.layout, EVENTS_TABLE)
-    sessions = sessionize(events, gap_seconds=context.config.session.gap_minutes * 60)
-    write_table(sessions, context.layout, SESSIONS_TABLE, partition_by=[SESSIONS_PARTITION])
+    spark = context.get_spark()
+    settings = context.config.session
+    limits = {"gap_seconds": settings.gap_minutes * 60,
+              "max_duration_seconds": settings.max_duration_minutes * 60,
+              "max_events": settings.max_events,
+              "use_source_sessions": settings.use_source_sessions}
+    if context.config.ingest.scope == "run_date":
+        sessionize_day(spark, context.layout, context.run_date, **limits)
+    else:
+        sessions = sessionize(read_table(spark, context.layout, EVENTS_TABLE), **limits)
+        write_table(sessions, context.layout, SESSIONS_TABLE, partition_by=[SESSIONS_PARTITION])
     return str(context.layout.table(SESSIONS_TABLE))
 
 
@@ -105,37 +131,67 @@ def run_sequences(context: RunContext):
 
 
 def run_train(context: RunContext) -> str:
-    """Train with `torchrun` on this machine and return the new model's folder."""
+    """Train with `torchrun` on this machine and return the new model's folder.
+
+    The new model becomes the candidate (`models/CANDIDATE`); the gate decides whether it serves.
+    """
+    if context.config.train.warm_start:
+        # TODO: warm start (fine-tuning the serving model) belongs to the training module; until
+        # it reads train.warm_start, every night retrains from random weights.
+        log.warning("train.warm_start is set but training does not implement it yet: "
+                    "training from random weights")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={context.config.train.nproc}",
                "-m", "behaviorgpt.train", *_config_arguments(context)]
     log.info("training: %s", " ".join(command))
     subprocess.run(command, check=True, env=_child_environment())
-    return str(context.layout.latest_model_dir())
+    return str(context.layout.candidate_model_dir())
 
 
 def run_evaluate(context: RunContext) -> dict:
+    """Write `metrics.json` of the candidate model (the serving one when no candidate exists)."""
     from behaviorgpt.evaluate import evaluate_leave_one_out
 
-    metrics = evaluate_leave_one_out(context.layout.latest_model_dir(),
-                                     context.layout.sequences_dir, k=10)
-    return metrics
+    layout = context.layout
+    has_candidate = layout.pointed_version(layout.candidate_model_file) is not None
+    model_dir = layout.candidate_model_dir() if has_candidate else layout.latest_model_dir()
+    return evaluate_leave_one_out(model_dir, layout.sequences_dir, k=10)
+
+
+def run_gate(context: RunContext) -> dict:
+    """Promote the evaluated candidate to `models/LATEST`, or keep the serving model."""
+    from behaviorgpt.gate import run_gate as judge
+
+    return judge(context.layout, context.config.quality_gate)
 
 
 def run_score(context: RunContext) -> str:
+    """Score users with the serving model (`models/LATEST`) and write the profiles.
+
+    Incremental by default: only users with new events since their last profile are scored,
+    unless `score.full_rescore` is set.
+    """
     from behaviorgpt.scoring import (read_model_version, score_users, select_users_to_score,
                                      write_profiles)
-
     from behaviorgpt.tables import check_catalog_name
+    from behaviorgpt.vocab_alignment import align_to_vocabulary, vocabulary_hash
 
     settings = context.config.score
     if settings.database:
         check_catalog_name(settings.database)  # fail before scoring, not after it
 
     spark = context.get_spark()
-    model_dir = context.layout.latest_model_dir()
-    shards = spark.read.parquet(str(context.layout.sequences_dir / "shards"))
-    to_score = select_users_to_score(spark, shards, context.layout,
+    layout = context.layout
+    model_dir = layout.latest_model_dir()
+    sequences = spark.read.parquet(str(layout.sequences_dir / "shards"))
+
+    # After the gate kept an older model, tonight's token ids mean other items to that model.
+    if vocabulary_hash(model_dir / "vocab") != vocabulary_hash(layout.vocab_dir):
+        log.warning("serving model %s was trained with another vocabulary than tonight's "
+                    "sequences: mapping their ids to the model's vocabulary", model_dir.name)
+        sequences = align_to_vocabulary(spark, sequences, layout.vocab_dir, model_dir / "vocab")
+
+    to_score = select_users_to_score(spark, sequences, layout,
                                      model_version=read_model_version(model_dir),
                                      full_rescore=settings.full_rescore)
     profiles = score_users(spark, to_score, model_dir, top_k=settings.top_k,
@@ -156,19 +212,69 @@ STAGE_FUNCTIONS = {
     "sequences": run_sequences,
     "train": run_train,
     "evaluate": run_evaluate,
+    "gate": run_gate,
     "score": run_score,
 }
 
 
-def run_stages(context: RunContext, stages: tuple[str, ...] | list[str]) -> dict:
-    """Run the named stages in pipeline order and return each stage's result."""
-    for stage in stages:
-        started = dt.datetime.now(dt.timezone.utc)
-        log.info("stage %s: started", stage)
-        context.results[stage] = STAGE_FUNCTIONS[stage](context)
-        seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-        log.info("stage %s: finished in %.1f s", stage, seconds)
+def run_stages(context: RunContext, stages: tuple[str, ...] | list[str],
+               command: str | None = None) -> dict:
+    """Run the named stages in pipeline order and return each stage's result.
+
+    Whatever happens, one row describing this invocation (`command`, default the single stage's
+    name) is written to `pipeline_runs`; a stage's exception is raised again after that.
+    """
+    from behaviorgpt.runs import RunRecorder
+
+    recorder = RunRecorder(
+        run_id=context.run_id, command=command or "+".join(stages), run_date=context.run_date,
+        profile=context.profile, config=context.config.to_dict(),
+        secret_values=_secret_values(context.config))
+    try:
+        for stage in stages:
+            _run_one_stage(context, recorder, stage)
+    except BaseException as error:
+        _record(context, recorder, error)
+        raise
+    _record(context, recorder, None)
     return context.results
+
+
+def _run_one_stage(context: RunContext, recorder, stage: str) -> None:
+    reads, writes = STAGE_TABLES[stage]
+    if reads:
+        recorder.read(context.get_spark(), context.layout, stage, reads)
+
+    started = dt.datetime.now(dt.timezone.utc)
+    log.info("stage %s: started", stage)
+    try:
+        context.results[stage] = STAGE_FUNCTIONS[stage](context)
+    except BaseException:
+        recorder.stage_done(stage, started, "failed")
+        raise
+    recorder.stage_done(stage, started, "succeeded")
+    log.info("stage %s: finished in %.1f s", stage, recorder.stages[-1]["seconds"])
+
+    if stage == "gate":
+        recorder.quality_gate = context.results[stage]["decision"]
+    if writes:
+        recorder.wrote(context.get_spark(), context.layout, stage, writes)
+
+
+def _record(context: RunContext, recorder, error: BaseException | None) -> None:
+    """Write the run's row; a failure to record never hides the stage's own error."""
+    try:
+        recorder.write(context.get_spark(), context.layout, error)
+    except Exception:
+        if error is None:
+            raise
+        log.exception("could not record the failed run %s in pipeline_runs", context.run_id)
+
+
+def _secret_values(config: PipelineConfig) -> tuple[str, ...]:
+    """Secrets this run can see, to be kept out of `pipeline_runs` even if pasted into config."""
+    key = os.environ.get(config.privacy.key_env, "")
+    return (key,) if key else ()
 
 
 def _config_arguments(context: RunContext) -> list[str]:

@@ -20,6 +20,7 @@ from delta.exceptions.base import (ConcurrentAppendException,
                                    ConcurrentTransactionException, ConcurrentWriteException,
                                    DeltaConcurrentModificationException,
                                    MetadataChangedException, ProtocolChangedException)
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -92,6 +93,11 @@ def deduplicate(df: DataFrame, key: str, *, newest_first: list[str]) -> DataFram
     return ranked.where(F.col("_row") == 1).drop("_row")
 
 
+def table_exists(layout: Layout, name: str) -> bool:
+    """Return whether the Delta table `name` has been written."""
+    return (layout.table(name) / "_delta_log").is_dir()
+
+
 def read_table(spark: SparkSession, layout: Layout, name: str) -> DataFrame:
     """Read the Delta table `name` by path."""
     path = layout.table(name)
@@ -99,6 +105,18 @@ def read_table(spark: SparkSession, layout: Layout, name: str) -> DataFrame:
         raise FileNotFoundError(f"Delta table {name!r} not found at {path}: run the stage that "
                                 f"writes it first")
     return spark.read.format("delta").load(str(path))
+
+
+def table_version(spark: SparkSession, layout: Layout, name: str) -> int | None:
+    """Latest commit version of the Delta table `name`, or None when it does not exist yet.
+
+    Reads one entry of the table's history (the transaction log), not its data.
+    """
+    path = layout.table(name)
+    if not (path / "_delta_log").is_dir():
+        return None
+    latest = DeltaTable.forPath(spark, str(path)).history(1).select("version").first()
+    return int(latest["version"])
 
 
 def write_table(df: DataFrame, layout: Layout, name: str, *, partition_by: list[str] | None = None,

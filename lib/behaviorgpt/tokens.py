@@ -17,8 +17,9 @@ MASK_ID = 3
 NUM_RESERVED_IDS = 4
 """Item and category vocabularies start their real ids at this value."""
 
-EVENT_TYPES = ("view", "cart", "fav", "purchase")
-"""Canonical event types; an event type's id is its index here plus 2 (0 padding, 1 unknown)."""
+EVENT_TYPES = ("view", "cart", "fav", "purchase", "rating", "remove_from_cart")
+"""Canonical event types; an event type's id is its index here plus 2 (0 padding, 1 unknown).
+New types are only appended, so the ids of existing types never change."""
 
 EVENT_TYPE_IDS = {name: index + 2 for index, name in enumerate(EVENT_TYPES)}
 NUM_EVENT_TYPE_IDS = len(EVENT_TYPES) + 2

@@ -156,6 +156,9 @@ def train_one_epoch(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer,
     with join:
         for batch in training_batches(sequences, cfg.train.batch_size, cfg.train.seed, epoch,
                                       context.rank):
+            # A rank that stops early is shadowed by Join like one that ran out of batches.
+            if cfg.train.max_steps and sums["batches"] >= cfg.train.max_steps:
+                break
             batch = batch.to(context.device)
             losses = trainer(batch)
             loss = combine_task_losses(losses, weights)
@@ -267,6 +270,7 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
         "world_size": context.world_size,
         "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size,
+        "max_steps": cfg.train.max_steps,
         "learning_rate": cfg.train.learning_rate,
         "weight_decay": cfg.train.weight_decay,
         "seed": cfg.train.seed,
