@@ -52,6 +52,7 @@ def scoring_root(tmp_path_factory) -> Path:
                                           max_len=MAX_LEN, d_model=16, n_layer=1, n_head=2))
     layout = Layout.from_root(root)
     save_checkpoint(model.eval(), layout, "v1", layout.vocab_dir, {})
+    layout.point(layout.latest_model_file, "v1")  # serve it, as the gate would
     return root
 
 
