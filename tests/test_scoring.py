@@ -52,6 +52,7 @@ def scoring_root(tmp_path_factory) -> Path:
                                           max_len=MAX_LEN, d_model=16, n_layer=1, n_head=2))
     layout = Layout.from_root(root)
     save_checkpoint(model.eval(), layout, "v1", layout.vocab_dir, {})
+    layout.point(layout.latest_model_file, "v1")  # serve it, as the gate would
     return root
 
 
@@ -321,8 +322,8 @@ def test_tables_read_without_spark(spark, scored_root):
     # deltalake reads the transaction log; DuckDB queries the same files as an Arrow dataset.
     profiles = DeltaTable(str(layout.table(PROFILES_TABLE)))
     dataset = profiles.to_pyarrow_dataset()
-    users, explained = duckdb.sql(
-        "SELECT count(*), sum(len(evidence)) FROM dataset").fetchone()
+    [(users, explained)] = duckdb.sql(
+        "SELECT count(*), sum(len(evidence)) FROM dataset").fetchall()
     history = DeltaTable(str(layout.table(PROFILES_HISTORY_TABLE)))
 
     assert users == 9

@@ -176,11 +176,15 @@ def run_score(context: RunContext) -> str:
     """
     from behaviorgpt.scoring import (read_model_version, score_users, select_users_to_score,
                                      write_profiles)
+    from behaviorgpt.tables import check_catalog_name
     from behaviorgpt.vocab_alignment import align_to_vocabulary, vocabulary_hash
+
+    settings = context.config.score
+    if settings.database:
+        check_catalog_name(settings.database)  # fail before scoring, not after it
 
     spark = context.get_spark()
     layout = context.layout
-    settings = context.config.score
     model_dir = layout.latest_model_dir()
     sequences = spark.read.parquet(str(layout.sequences_dir / "shards"))
 

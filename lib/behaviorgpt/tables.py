@@ -177,6 +177,13 @@ def merge_table(spark: SparkSession, source: DataFrame, layout: Layout, name: st
     return used
 
 
+def check_catalog_name(identifier: str) -> None:
+    """Raise ValueError unless `identifier` is safe to splice into SQL as a catalog name."""
+    if not IDENTIFIER.fullmatch(identifier):
+        raise ValueError(f"catalog name {identifier!r} is invalid: use letters, digits and "
+                         f"underscores, starting with a letter or underscore (score.database)")
+
+
 def register_table(spark: SparkSession, layout: Layout, name: str, database: str) -> str:
     """Register the Delta table `name` in the Spark catalog as `database.name`, by path.
 
@@ -184,12 +191,12 @@ def register_table(spark: SparkSession, layout: Layout, name: str, database: str
     same data. Returns the qualified name. Re-registering an existing entry is a no-op.
 
     NOTE: in local mode Spark's catalog lives in memory and is gone with the session; on a
-    cluster with a Hive metastore or Unity Catalog the entry persists.
+    cluster with a Hive metastore or Unity Catalog the entry persists. An entry that already
+    exists is kept even when it points at another root, so one catalog database should serve
+    one `paths.root`.
     """
     for identifier in (database, name):
-        if not IDENTIFIER.fullmatch(identifier):
-            raise ValueError(f"catalog name {identifier!r} is invalid: use letters, digits and "
-                             f"underscores, starting with a letter or underscore (score.database)")
+        check_catalog_name(identifier)
     location = str(layout.table(name))
     database_dir = str(layout.catalog_database_dir(database))
     for path in (location, database_dir):
