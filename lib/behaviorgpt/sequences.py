@@ -238,7 +238,7 @@ def write_example_shards(examples: DataFrame, examples_dir: Path, *, num_shards:
                                    .cast("int"))
                .repartition(num_shards, "shard")
                .sortWithinPartitions("split", "shard", "example_id"))
-    files = sharded.mapInArrow(write, _SHARD_SUMMARY).collect()
+    files = sharded.mapInArrow(write, _SHARD_SUMMARY).collect()  # bounded: a row per shard file
     return sorted((row.asDict() for row in files), key=lambda row: row["file"])
 
 
