@@ -189,10 +189,13 @@ def test_evidence_positions_skip_padding():
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
-def test_propensities_null_without_heads(scored_root):
+def test_propensities_are_probabilities(scored_root):
     profiles = DeltaTable(str(Layout.from_root(scored_root).table(PROFILES_TABLE))).to_pandas()
-    assert profiles["purchase_propensity"].isna().all()
-    assert profiles["return_propensity"].isna().all()
+
+    # The model has purchase and return heads, so every profile carries both propensities.
+    for column in ("purchase_propensity", "return_propensity"):
+        assert profiles[column].notna().all(), column
+        assert profiles[column].between(0.0, 1.0).all(), column
 
 
 @pytest.mark.slow
