@@ -64,7 +64,7 @@ class Layout:
 
     @property
     def latest_model_file(self) -> Path:
-        """Text file that holds the model version the scoring job uses by default."""
+        """Text file that contains the model version the scoring job uses by default."""
         return self.models_dir / "LATEST"
 
     @property

@@ -40,7 +40,7 @@ versions. The torch stages read Parquet shards and model folders, recorded as mo
 
 @dataclass
 class RunContext:
-    """What every stage of one run needs: the config, where it came from, and the run's ids."""
+    """Inputs shared by every stage of one run: the config, its source files and the run's ids."""
 
     config: PipelineConfig
     profile: str | None
@@ -312,7 +312,7 @@ def _check_date(value: str) -> None:
 
 
 def describe(context: RunContext, stages: list[str]) -> str:
-    """The plan and resolved config as text, for `--dry-run`."""
+    """Return the plan and the resolved config as JSON text, for `--dry-run`."""
     plan = {"run_id": context.run_id, "run_date": context.run_date, "stages": list(stages),
             "root": str(context.layout.root), "config": context.config.to_dict()}
     return json.dumps(plan, indent=2)

@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 _SHARD_SUMMARY = "split string, shard int, file string, rows long, row_groups int"
 
 def flatten_sessions(sessions: DataFrame) -> DataFrame:
-    """One row per event with its `session_start` flag (1 for a session's first event)."""
+    """Explode sessions into one row per event with its `session_start` flag.
+
+    The flag is 1 for a session's first event and 0 otherwise.
+    """
     exploded = sessions.select("user_key", F.posexplode("events").alias("position", "event"))
     return exploded.select(
         "user_key",
