@@ -17,13 +17,16 @@ validation HR@10 while the other ranks wait at a barrier.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,11 +39,15 @@ from behaviorgpt.data import (EventSequences, read_manifest, read_rank_sequences
                               read_vocab_manifest)
 from behaviorgpt.evaluate import RankingTotals, model_top_items
 from behaviorgpt.layout import Layout
-from behaviorgpt.loader import ExampleLoader, ExampleStream
+from behaviorgpt.loader import ExampleLoader, ExampleStream, rank_example_files
 from behaviorgpt.losses import TASKS, MultiTaskLoss, validate_task_weights
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.multitask import Trainer, broadcast_parameters, measure_matmul_peak
 from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_TIME_GAP_IDS
+from behaviorgpt.train_metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsWriter
+from behaviorgpt.train_state import (join_optimizer_state, latest_training_checkpoint,
+                                     read_training_checkpoint, restore_log_files,
+                                     split_optimizer_state, write_training_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="config override, for example train.epochs=3")
     parser.add_argument("--model-version", default=None,
                         help="name of the model folder to write (default: UTC timestamp)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest training-state checkpoint of "
+                             "--model-version (a group restarted by torchrun always does)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +109,15 @@ def init_distributed(timeout: timedelta) -> DistributedContext:
 
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timeout)
+        # A group that torchrun restarted meets in the same store as the failed attempt,
+        # where the dead ranks' gloo addresses are still listed (seen with torch 2.15 and
+        # both the static and the c10d rendezvous), so a new rank may read a stale address
+        # and fail to connect. Keys under a per-attempt prefix cannot be stale.
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size,
+                                           timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"attempt-{attempt}", store),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(rank, local_rank, world_size, device)
 
 
@@ -145,20 +163,66 @@ def make_optimizer(model: BehaviorGPT, cfg: PipelineConfig,
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
 
 
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int,
+                         min_ratio: float) -> float:
+    """Return the learning-rate multiplier of optimizer step `step` (counted from 0).
+
+    Linear warm-up from `1 / warmup_steps` to 1 over the first `warmup_steps` steps, then a
+    cosine decay from 1 to `min_ratio` that reaches `min_ratio` at `total_steps` and stays
+    there (the step count is an estimate, so a run may take a few steps more).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def estimate_total_steps(cfg: PipelineConfig, layout: Layout, world_size: int) -> int:
+    """Estimate the optimizer steps of the whole run from the example manifest.
+
+    An epoch takes as many steps as the rank with the most batches, about its examples over
+    the batch size (length bucketing can add a partial batch per stream), capped by
+    `train.max_steps`. The estimate reads only the manifest, so every rank and a resumed run
+    compute the same number.
+    """
+    batches = []
+    for rank in range(world_size):
+        examples = sum(entry.rows for entry in
+                       rank_example_files(layout.sequences_dir, "train", rank, world_size))
+        batches.append(math.ceil(examples / cfg.train.batch_size))
+    per_epoch = max(batches, default=0)
+    if cfg.train.max_steps:
+        per_epoch = min(per_epoch, cfg.train.max_steps)
+    return max(per_epoch, 1) * cfg.train.epochs
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: PipelineConfig,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    settings = cfg.train
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(learning_rate_factor, warmup_steps=settings.warmup_steps,
+                           total_steps=total_steps,
+                           min_ratio=settings.min_learning_rate_ratio))
+
+
 def build_trainer(model: BehaviorGPT, cfg: PipelineConfig, weights: dict[str, float],
-                  diagnostics_path: Path | None) -> Trainer:
-    """Build the loss, the aggregation strategy over the tasks with weight > 0, the optimizer
-    and the trainer from the config."""
+                  diagnostics_path: Path | None, total_steps: int) -> Trainer:
+    """Build the loss, the aggregation strategy over the tasks with weight > 0, the optimizer,
+    its learning-rate schedule and the trainer from the config."""
     tasks = tuple(task for task in TASKS if weights[task] > 0)
     strategy = make_strategy(cfg.train.aggregation, [weights[task] for task in tasks],
                              seed=cfg.train.seed, dwa_temperature=cfg.train.dwa_temperature,
                              cagrad_c=cfg.train.cagrad_c).to(next(model.parameters()).device)
     loss = MultiTaskLoss(model, window_events=cfg.train.window_events,
                          return_days=cfg.train.return_days)
-    return Trainer(loss, strategy, tasks, make_optimizer(model, cfg, strategy),
+    optimizer = make_optimizer(model, cfg, strategy)
+    return Trainer(loss, strategy, tasks, optimizer,
                    grad_clip_norm=cfg.train.grad_clip_norm,
                    diagnostics_every=cfg.train.diagnostics_every,
-                   diagnostics_path=diagnostics_path)
+                   diagnostics_path=diagnostics_path,
+                   scheduler=make_scheduler(optimizer, cfg, total_steps),
+                   precision=cfg.train.precision)
 
 
 def all_reduce_floats(values: list[float], context: DistributedContext) -> list[float]:
@@ -168,45 +232,6 @@ def all_reduce_floats(values: list[float], context: DistributedContext) -> list[
     tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
-
-
-def train_one_epoch(trainer: Trainer, loader: ExampleLoader, cfg: PipelineConfig,
-                    epoch: int, context: DistributedContext) -> dict[str, float]:
-    """Run one epoch over this rank's batches; return global loss sums and this rank's counts.
-
-    Every rank takes the same number of optimizer steps: the step ends when no rank has a
-    batch left. A rank whose batches ran out takes part in each step with zero losses and
-    gradients, so the step's gradient is that of the ranks that still had a batch, each
-    target counted once (the same semantics as DDP's `Join`, without its averaging).
-    """
-    trainer.loss.train()
-    sums = {task: 0.0 for task in trainer.tasks}
-    sums.update({f"{task}_targets": 0.0 for task in trainer.tasks})
-    sums.update(sequences=0.0, batches=0.0, steps=0.0, step_seconds=0.0, flops=0.0)
-
-    loader.set_epoch(epoch)
-    batches = iter(loader)
-    while True:
-        # A rank that reached train.max_steps takes part like one whose batches ran out.
-        if cfg.train.max_steps and sums["batches"] >= cfg.train.max_steps:
-            batch = None
-        else:
-            batch = next(batches, None)
-        started = time.perf_counter()
-        report = trainer.step(None if batch is None else batch.to(context.device))
-        if report is None:
-            break
-        sums["step_seconds"] += time.perf_counter() - started
-        sums["steps"] += 1
-        sums["flops"] += report.flops
-        for index, task in enumerate(trainer.tasks):
-            sums[task] += float(report.losses[index]) * float(report.counts[index])
-            sums[f"{task}_targets"] += float(report.counts[index])
-        if batch is not None:
-            sums["sequences"] += batch.item.shape[0]
-            sums["batches"] += 1
-    trainer.strategy.end_epoch()
-    return sums
 
 
 def build_loader(cfg: PipelineConfig, layout: Layout, context: DistributedContext,
@@ -233,144 +258,487 @@ def validation_totals(model: BehaviorGPT, sequences: EventSequences, batch_size:
     return totals
 
 
-def run_training(cfg: PipelineConfig, context: DistributedContext,
-                 requested_version: str | None) -> Path | None:
-    """Train for `cfg.train.epochs` and save the model; return its folder on rank 0."""
-    weights = validate_task_weights(cfg.train.task_weights)
-    layout = Layout.from_root(cfg.paths.root)
-    manifest = read_manifest(layout.sequences_dir)
-    vocab = read_vocab_manifest(layout.vocab_dir)
-    model_version = agree_model_version(requested_version, context)
+FAULT_STEP_VARIABLE = "BEHAVIORGPT_FAULT_EXIT_AFTER_STEP"
+FAULT_RANK_VARIABLE = "BEHAVIORGPT_FAULT_RANK"
 
-    sequences = read_rank_sequences(layout.sequences_dir, context.rank, context.world_size)
-    loader = build_loader(cfg, layout, context, manifest.max_len)
-    if loader.dataset.num_examples == 0:
-        log.warning("rank %d has no training example; it only joins the all-reduces",
-                    context.rank)
 
-    # Same initial weights on every rank (DDP also broadcasts rank 0's), different dropout.
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, vocab, manifest.max_len).to(context.device)
-    torch.manual_seed(cfg.train.seed + context.rank)
+def inject_fault(step: int, rank: int) -> None:
+    """Test hook: end this process abruptly after optimizer step `step`, like a killed rank.
 
-    broadcast_parameters(model)
-    diagnostics_path = None
-    if context.is_main:
-        diagnostics_path = Path(tempfile.mkdtemp(prefix="behaviorgpt-")) / DIAGNOSTICS_FILE
-    trainer = build_trainer(model, cfg, weights, diagnostics_path)
+    Does nothing unless `BEHAVIORGPT_FAULT_EXIT_AFTER_STEP=<step>` is set. The rank named by
+    `BEHAVIORGPT_FAULT_RANK` (default 0) then calls `os._exit(1)` after that step, with no
+    cleanup and no barrier. It fires only in the first attempt of a torchrun group
+    (`TORCHELASTIC_RESTART_COUNT` unset or 0), so a group that torchrun restarts runs through.
+    The tests use it to check resuming; never set it in production.
+    """
+    planned = os.environ.get(FAULT_STEP_VARIABLE)
+    if not planned or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    if step == int(planned) and rank == int(os.environ.get(FAULT_RANK_VARIABLE, "0")):
+        log.error("fault injection: rank %d exits after step %d (%s is set)", rank, step,
+                  FAULT_STEP_VARIABLE)
+        logging.shutdown()
+        os._exit(1)
 
-    # The machine's float32 matmul peak, measured in this process with its thread count.
-    matmul_peak = measure_matmul_peak(device=context.device)
-    log.info("training model %s: %d ranks, %d items, %d categories, %d parameters, tasks %s, "
-             "aggregation %s, measured float32 matmul peak %.1f GFLOP/s per rank",
-             model_version, context.world_size, model.config.num_items,
-             model.config.num_categories,
-             sum(p.numel() for p in model.parameters() if p.requires_grad),
-             ",".join(trainer.tasks), cfg.train.aggregation, matmul_peak / 1e9)
 
-    history = []
-    best_epoch, best_hit_rate, best_state = 0, -1.0, None
-    started = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        epoch_started = time.perf_counter()
-        loader.reset_wait()
-        sums = train_one_epoch(trainer, loader, cfg, epoch, context)
-        seconds = time.perf_counter() - epoch_started
-        sums["data_wait_seconds"] = loader.reset_wait()
-        validation = validation_totals(model, sequences, cfg.train.batch_size, context)
+def all_gather_bytes(data: bytes, context: DistributedContext) -> list[bytes]:
+    """Return every rank's `data`, in rank order, through tensor collectives.
 
-        # Loss sums are already global; sequences, batches and FLOPs are per rank.
-        per_rank = ["sequences", "batches", "flops", "data_wait_seconds"]
+    Used instead of `all_gather_object`, which pickles, so no checkpoint content is pickled.
+    """
+    if not context.distributed:
+        return [data]
+    size = torch.tensor([len(data)], dtype=torch.int64, device=context.device)
+    sizes = [torch.zeros_like(size) for _ in range(context.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(int(item) for item in sizes)
+
+    padded = torch.zeros(max(longest, 1), dtype=torch.uint8)
+    padded[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else 0
+    padded = padded.to(context.device)
+    gathered = [torch.zeros_like(padded) for _ in range(context.world_size)]
+    dist.all_gather(gathered, padded)
+    return [bytes(tensor[:int(count)].cpu().numpy()) for tensor, count in zip(gathered, sizes)]
+
+
+def new_epoch_sums(tasks: tuple[str, ...]) -> dict[str, float]:
+    """Running sums of one epoch on one rank (the task loss sums are global)."""
+    sums = {task: 0.0 for task in tasks}
+    sums.update({f"{task}_targets": 0.0 for task in tasks})
+    sums.update(sequences=0.0, tokens=0.0, batches=0.0, steps=0.0, step_seconds=0.0,
+                flops=0.0, epoch_seconds=0.0, data_wait_seconds=0.0)
+    return sums
+
+
+class TrainingRun:
+    """One model version's training: the loop, its checkpoints and resuming from them.
+
+    Every rank holds the same model, optimizer, schedule and strategy state; each rank has its
+    own loader position, random generator and partial epoch sums. A checkpoint records all of
+    it, so a run resumed from step k takes the same steps k+1, k+2, ... as a run that never
+    stopped and ends with bit-identical weights.
+    """
+
+    def __init__(self, cfg: PipelineConfig, context: DistributedContext, layout: Layout,
+                 model_version: str) -> None:
+        self.cfg = cfg
+        self.context = context
+        self.layout = layout
+        self.model_version = model_version
+        self.weights = validate_task_weights(cfg.train.task_weights)
+        self.checkpoints_dir = layout.training_checkpoints_dir(model_version)
+
+        manifest = read_manifest(layout.sequences_dir)
+        self.vocab = read_vocab_manifest(layout.vocab_dir)
+        self.sequences = read_rank_sequences(layout.sequences_dir, context.rank,
+                                             context.world_size)
+        self.loader = build_loader(cfg, layout, context, manifest.max_len)
+        if self.loader.dataset.num_examples == 0:
+            log.warning("rank %d has no training example; it only joins the all-reduces",
+                        context.rank)
+
+        # Same initial weights on every rank (DDP also broadcasts rank 0's), different dropout.
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg, self.vocab, manifest.max_len).to(context.device)
+        torch.manual_seed(cfg.train.seed + context.rank)
+
+        # Rank 0 keeps the JSON lines logs in a private folder until the model folder exists.
+        self.work_dir = Path(tempfile.mkdtemp(prefix="behaviorgpt-")) if context.is_main else None
+        diagnostics_path = self.work_dir / DIAGNOSTICS_FILE if context.is_main else None
+        self.total_steps = estimate_total_steps(cfg, layout, context.world_size)
+        self.trainer = build_trainer(self.model, cfg, self.weights, diagnostics_path,
+                                     self.total_steps)
+
+        self.epoch = 0
+        """Index of the epoch in progress, or of the next one at an epoch boundary."""
+        self.partial_sums: dict | None = None
+        self.history: list[dict] = []
+        self.best_epoch, self.best_hit_rate = 0, -1.0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def log_files(self) -> list[Path]:
+        return [self.work_dir / DIAGNOSTICS_FILE, self.work_dir / METRICS_FILE]
+
+    def restore(self, folder: Path) -> None:
+        """Load a training-state checkpoint written by `save_checkpoint` (on every rank)."""
+        tensors, state = read_training_checkpoint(folder)
+        if state["world_size"] != self.context.world_size:
+            raise ValueError(f"{folder} was written by {state['world_size']} ranks but this run "
+                             f"has {self.context.world_size}; resume with the same number of "
+                             f"ranks (train.nproc) or train a new model version")
+        self.model.load_state_dict(tensors["model"])
+        self.trainer.optimizer.load_state_dict(
+            join_optimizer_state(tensors["optimizer"], state["optimizer"]))
+        self.trainer.scheduler.load_state_dict(state["scheduler"])
+        self.trainer.strategy.set_state(tensors["strategy"])
+        self.trainer.step_count = state["step_count"]
+
+        mine = state["ranks"][self.context.rank]
+        self.loader.load_state_dict(mine["loader"])
+        self.partial_sums = mine["sums"]
+        torch.set_rng_state(tensors["ranks"][f"rank{self.context.rank}.cpu"])
+
+        self.epoch = state["epoch"]
+        self.history = state["history"]
+        self.best_epoch, self.best_hit_rate = state["best_epoch"], state["best_hit_rate"]
+        if self.context.is_main:
+            self.best_state = tensors.get("best_model")
+            restore_log_files(folder, self.work_dir)
+        log.info("resumed model %s from %s: step %d, epoch %d", self.model_version, folder,
+                 self.trainer.step_count, self.epoch + 1)
+
+    def save_checkpoint(self, sums: dict | None) -> None:
+        """Write a training-state checkpoint (rank 0) while the other ranks wait at a barrier.
+
+        `sums` is this rank's partial epoch sums mid-epoch, None at an epoch boundary. Every
+        rank must call this at the same step, because the ranks' states are gathered first.
+        """
+        rank_state = json.dumps({"loader": self.loader.state_dict(), "sums": sums}).encode()
+        rank_states = all_gather_bytes(rank_state, self.context)
+        generators = all_gather_bytes(torch.get_rng_state().numpy().tobytes(), self.context)
+
+        if self.context.is_main:
+            optimizer_tensors, optimizer_state = split_optimizer_state(
+                self.trainer.optimizer.state_dict())
+            tensors = {"model": self.model.state_dict(), "optimizer": optimizer_tensors,
+                       "strategy": self.trainer.strategy.get_state(),
+                       "ranks": {f"rank{rank}.cpu": torch.frombuffer(bytearray(data),
+                                                                    dtype=torch.uint8)
+                                 for rank, data in enumerate(generators)}}
+            if self.best_state is not None:
+                tensors["best_model"] = self.best_state
+            state = {"model_version": self.model_version,
+                     "world_size": self.context.world_size,
+                     "step_count": self.trainer.step_count, "epoch": self.epoch,
+                     "history": self.history, "best_epoch": self.best_epoch,
+                     "best_hit_rate": self.best_hit_rate, "optimizer": optimizer_state,
+                     "scheduler": self.trainer.scheduler.state_dict(),
+                     "ranks": [json.loads(data) for data in rank_states]}
+            folder = write_training_checkpoint(self.checkpoints_dir, self.trainer.step_count,
+                                               tensors, state, self.log_files,
+                                               keep=self.cfg.train.keep_checkpoints)
+            log.info("wrote training checkpoint %s", folder)
+        # The other ranks wait here, inside the process group timeout, until it is written.
+        if self.context.distributed:
+            dist.barrier()
+
+    def train_epoch(self, epoch: int, metrics: MetricsWriter) -> dict[str, float]:
+        """Run (the rest of) one epoch over this rank's batches; return its sums.
+
+        Every rank takes the same number of optimizer steps: the step ends when no rank has a
+        batch left. A rank whose batches ran out takes part in each step with zero losses and
+        gradients, so the step's gradient is that of the ranks that still had a batch, each
+        target counted once (the same semantics as DDP's `Join`, without its averaging).
+        """
+        settings = self.cfg.train
+        trainer = self.trainer
+        trainer.loss.train()
+        sums = self.partial_sums or new_epoch_sums(trainer.tasks)
+        self.partial_sums = None
+        carried_seconds = sums["epoch_seconds"]
+
+        # A rank restored after its batches ran out has a loader already at the next epoch.
+        if self.loader.epoch > epoch:
+            batches = iter(())
+        else:
+            self.loader.set_epoch(epoch)
+            batches = iter(self.loader)
+        self.loader.reset_wait()
+        started = time.perf_counter()
+        window = WindowCounter()
+        metrics.start_epoch(epoch + 1, int(sums["steps"]))
+        while True:
+            # A rank that reached train.max_steps takes part like one whose batches ran out.
+            if settings.max_steps and sums["batches"] >= settings.max_steps:
+                batch = None
+            else:
+                batch = next(batches, None)
+            learning_rate = trainer.optimizer.param_groups[0]["lr"]
+            step_started = time.perf_counter()
+            report = trainer.step(None if batch is None else batch.to(self.context.device))
+            if report is None:
+                break
+
+            sums["step_seconds"] += time.perf_counter() - step_started
+            sums["steps"] += 1
+            sums["flops"] += report.flops
+            for index, task in enumerate(trainer.tasks):
+                sums[task] += float(report.losses[index]) * float(report.counts[index])
+                sums[f"{task}_targets"] += float(report.counts[index])
+            if batch is not None:
+                window.add(batch.item.shape[0], float(batch.lengths.sum()), report.flops)
+                sums["sequences"] += batch.item.shape[0]
+                sums["tokens"] += float(batch.lengths.sum())
+                sums["batches"] += 1
+            sums["epoch_seconds"] = carried_seconds + time.perf_counter() - started
+            metrics.advance()
+
+            step = trainer.step_count
+            if settings.log_every and step % settings.log_every == 0:
+                loss = sum(self.weights[task] * float(report.losses[index])
+                           for index, task in enumerate(trainer.tasks))
+                self.log_step(window, metrics, epoch, step, loss, learning_rate)
+            if settings.checkpoint_every and step % settings.checkpoint_every == 0:
+                sums["data_wait_seconds"] += self.loader.reset_wait()
+                self.save_checkpoint(sums)
+            inject_fault(step, self.context.rank)
+
+        trainer.strategy.end_epoch()
+        sums["data_wait_seconds"] += self.loader.reset_wait()
+        sums["epoch_seconds"] = carried_seconds + time.perf_counter() - started
+        return sums
+
+    def log_step(self, window: "WindowCounter", metrics: MetricsWriter, epoch: int, step: int,
+                 loss: float, learning_rate: float) -> None:
+        """Sum the window's counts over the ranks (all ranks call this) and log them."""
+        examples, tokens, flops = all_reduce_floats(
+            [window.examples, window.tokens, window.flops], self.context)
+        seconds = max(time.perf_counter() - window.started, 1e-9)
+        metrics.write_step({
+            "kind": "step", "step": step, "epoch": epoch + 1, "loss": loss,
+            "learning_rate": learning_rate, "examples_per_s": examples / seconds,
+            "tokens_per_s": tokens / seconds,
+            # Model FLOPs per second of wall time (data waits included) per rank, over the
+            # rank's measured float32 matmul peak.
+            "mfu": flops / self.context.world_size / seconds / self.matmul_peak})
+        window.reset()
+
+    def epoch_record(self, epoch: int, sums: dict[str, float],
+                     validation: RankingTotals) -> dict:
+        """Turn an epoch's sums (global losses, per-rank counts) into its history record."""
+        context = self.context
+        per_rank = ["sequences", "tokens", "batches", "flops", "data_wait_seconds"]
         totals = dict(sums)
         totals.update(zip(per_rank,
                           all_reduce_floats([sums[key] for key in per_rank], context)))
         hits, ndcg, users = all_reduce_floats(
             [validation.hits, validation.ndcg, float(validation.users)], context)
+        seconds = max(sums["epoch_seconds"], 1e-9)
 
         record = {"epoch": epoch + 1}
-        for task in trainer.tasks:
+        for task in self.trainer.tasks:
             record[task] = totals[task] / max(totals[f"{task}_targets"], 1.0)
-        record["loss"] = sum(weights[task] * record[task] for task in trainer.tasks)
+        record["loss"] = sum(self.weights[task] * record[task] for task in self.trainer.tasks)
         record[f"validation_hr@{VALIDATION_K}"] = hits / max(users, 1.0)
         record[f"validation_ndcg@{VALIDATION_K}"] = ndcg / max(users, 1.0)
+        record["validation_users"] = int(users)
         record["sequences_per_s"] = totals["sequences"] / seconds
+        record["tokens_per_s"] = totals["tokens"] / seconds
         record["targets_per_s"] = totals.get("next_item_targets", 0.0) / seconds
         record["seconds_per_step"] = sums["step_seconds"] / max(sums["steps"], 1.0)
         # MFU: this rank's model FLOPs per second of step time over its measured peak,
         # averaged over ranks (each rank has its own core and peak).
         record["mfu"] = (totals["flops"] / context.world_size
-                         / max(sums["step_seconds"], 1e-9) / matmul_peak)
+                         / max(sums["step_seconds"], 1e-9) / self.matmul_peak)
         # Mean over ranks of the share of the epoch spent waiting for the next batch.
         record["data_wait_fraction"] = totals["data_wait_seconds"] / (context.world_size * seconds)
-        history.append(record)
+        record["train_sequences"] = int(totals["sequences"])
+        return record
 
-        # Keep the weights of the epoch with the best validation hit rate: with many rare
-        # items the vocabulary softmax starts to memorise training targets after a few epochs.
-        # Every rank has the same weights, so only rank 0, which saves them, copies them.
-        if record[f"validation_hr@{VALIDATION_K}"] > best_hit_rate:
-            best_epoch, best_hit_rate = epoch + 1, record[f"validation_hr@{VALIDATION_K}"]
-            if context.is_main:
-                best_state = {name: tensor.detach().to("cpu", copy=True)
-                              for name, tensor in model.state_dict().items()}
-        task_losses = ", ".join(f"{task} {record[task]:.4f}" for task in trainer.tasks)
+    def keep_if_best(self, record: dict) -> None:
+        """Keep the weights of the epoch with the best validation hit rate.
+
+        With many rare items the vocabulary softmax starts to memorise training targets after
+        a few epochs. Every rank has the same weights, so only rank 0, which saves them,
+        copies them.
+        """
+        hit_rate = record[f"validation_hr@{VALIDATION_K}"]
+        if hit_rate > self.best_hit_rate:
+            self.best_epoch, self.best_hit_rate = record["epoch"], hit_rate
+            if self.context.is_main:
+                self.best_state = {name: tensor.detach().to("cpu", copy=True)
+                                   for name, tensor in self.model.state_dict().items()}
+
+    def should_stop_early(self) -> bool:
+        patience = self.cfg.train.early_stopping_patience
+        return bool(patience and self.history
+                    and self.history[-1]["epoch"] - self.best_epoch >= patience)
+
+    def run(self) -> Path | None:
+        """Train the remaining epochs and save the model; return its folder on rank 0."""
+        cfg, context = self.cfg, self.context
+        # The machine's float32 matmul peak, measured in this process with its thread count.
+        self.matmul_peak = measure_matmul_peak(device=context.device)
+        log.info("training model %s: %d ranks, %d items, %d categories, %d parameters, "
+                 "tasks %s, aggregation %s, precision %s, about %d steps, measured float32 "
+                 "matmul peak %.1f GFLOP/s per rank", self.model_version, context.world_size,
+                 self.model.config.num_items, self.model.config.num_categories,
+                 sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                 ",".join(self.trainer.tasks), cfg.train.aggregation, cfg.train.precision,
+                 self.total_steps, self.matmul_peak / 1e9)
+
+        metrics = MetricsWriter(
+            self.work_dir / METRICS_FILE if context.is_main else Path(),
+            self.checkpoints_dir / TENSORBOARD_DIR, purge_step=self.trainer.step_count + 1,
+            steps_per_epoch=max(self.total_steps // cfg.train.epochs, 1),
+            enabled=context.is_main)
+        started = time.perf_counter()
+        sums = None
+        try:
+            for epoch in range(self.epoch, cfg.train.epochs):
+                if self.should_stop_early():
+                    break
+                sums = self.train_epoch(epoch, metrics)
+                validation = validation_totals(self.model, self.sequences,
+                                               cfg.train.batch_size, context)
+                record = self.epoch_record(epoch, sums, validation)
+                self.history.append(record)
+                self.keep_if_best(record)
+                self.epoch = epoch + 1
+                metrics.write_epoch(record, self.trainer.step_count)
+                self.log_epoch(record)
+                self.save_checkpoint(None)
+                if self.should_stop_early():
+                    log.info("early stopping: no better validation HR@%d for %d epochs",
+                             VALIDATION_K, cfg.train.early_stopping_patience)
+                    break
+        finally:
+            metrics.close()
+        return self.save_model(sums, time.perf_counter() - started)
+
+    def log_epoch(self, record: dict) -> None:
+        task_losses = ", ".join(f"{task} {record[task]:.4f}" for task in self.trainer.tasks)
         log.info("epoch %d/%d: loss %.4f (%s) | validation HR@%d %.4f on %d users | "
                  "%.0f sequences/s, %.3f s/step, MFU %.2f%%",
-                 epoch + 1, cfg.train.epochs, record["loss"], task_losses, VALIDATION_K,
-                 record[f"validation_hr@{VALIDATION_K}"], users, record["sequences_per_s"],
+                 record["epoch"], self.cfg.train.epochs, record["loss"], task_losses,
+                 VALIDATION_K, record[f"validation_hr@{VALIDATION_K}"],
+                 record["validation_users"], record["sequences_per_s"],
                  record["seconds_per_step"], 100 * record["mfu"])
 
-    batches_per_rank = [int(sums["batches"])]
-    wait_per_rank = [sums["data_wait_seconds"] / seconds]
-    if context.distributed:
-        batches_per_rank = [None] * context.world_size
-        dist.all_gather_object(batches_per_rank, int(sums["batches"]))
-        wait_per_rank = [None] * context.world_size
-        dist.all_gather_object(wait_per_rank, sums["data_wait_seconds"] / seconds)
+    def save_model(self, sums: dict | None, seconds: float) -> Path | None:
+        """Save the best epoch's weights as the new candidate model (rank 0)."""
+        context, cfg = self.context, self.cfg
+        batches = -1 if sums is None else int(sums["batches"])
+        wait = 0.0 if sums is None else sums["data_wait_seconds"] / max(sums["epoch_seconds"],
+                                                                         1e-9)
+        batches_per_rank = [int(json.loads(data)) for data in
+                            all_gather_bytes(json.dumps(batches).encode(), context)]
+        wait_per_rank = [float(json.loads(data)) for data in
+                         all_gather_bytes(json.dumps(wait).encode(), context)]
+        last = self.history[-1]
+        summary = {
+            "world_size": context.world_size,
+            "epochs": cfg.train.epochs,
+            "epochs_run": len(self.history),
+            "batch_size": cfg.train.batch_size,
+            "max_steps": cfg.train.max_steps,
+            "steps": self.trainer.step_count,
+            "learning_rate": cfg.train.learning_rate,
+            "warmup_steps": cfg.train.warmup_steps,
+            "min_learning_rate_ratio": cfg.train.min_learning_rate_ratio,
+            "weight_decay": cfg.train.weight_decay,
+            "precision": cfg.train.precision,
+            "seed": cfg.train.seed,
+            "warm_start": cfg.train.warm_start,
+            "task_weights": self.weights,
+            "aggregation": cfg.train.aggregation,
+            "matmul_peak_flops": self.matmul_peak,
+            "train_sequences_per_epoch": last["train_sequences"],
+            # -1 for a rank whose last epoch this process did not run (resumed at its end).
+            "batches_per_rank_per_epoch": batches_per_rank,
+            "last_epoch_data_wait_fraction_per_rank": wait_per_rank,
+            "train_seconds": seconds,
+            "history": self.history,
+            "selected_epoch": self.best_epoch,
+        }
 
-    summary = {
-        "world_size": context.world_size,
-        "epochs": cfg.train.epochs,
-        "batch_size": cfg.train.batch_size,
-        "max_steps": cfg.train.max_steps,
-        "learning_rate": cfg.train.learning_rate,
-        "weight_decay": cfg.train.weight_decay,
-        "seed": cfg.train.seed,
-        "task_weights": weights,
-        "aggregation": cfg.train.aggregation,
-        "matmul_peak_flops": matmul_peak,
-        "train_sequences_per_epoch": int(totals["sequences"]),
-        "batches_per_rank_per_epoch": batches_per_rank,
-        "last_epoch_data_wait_fraction_per_rank": wait_per_rank,
-        "train_seconds": time.perf_counter() - started,
-        "history": history,
-        "selected_epoch": best_epoch,
-    }
+        model_dir = None
+        if context.is_main:
+            self.model.load_state_dict(self.best_state)
+            model_dir = save_checkpoint(self.model, self.layout, self.model_version,
+                                        self.layout.vocab_dir, summary)
+            for path in self.log_files:
+                if path.is_file():
+                    shutil.move(path, model_dir / path.name)
+            board = self.checkpoints_dir / TENSORBOARD_DIR
+            if board.is_dir():
+                shutil.copytree(board, model_dir / TENSORBOARD_DIR)
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            best = self.history[self.best_epoch - 1]
+            log.info("trained model %s: %d epochs run, best epoch %d (validation HR@%d %.4f, "
+                     "NDCG@%d %.4f), %.0f examples/s, MFU %.1f%%, %.0f s; saved to %s",
+                     self.model_version, len(self.history), self.best_epoch, VALIDATION_K,
+                     best[f"validation_hr@{VALIDATION_K}"], VALIDATION_K,
+                     best[f"validation_ndcg@{VALIDATION_K}"], last["sequences_per_s"],
+                     100 * last["mfu"], seconds, model_dir)
+        # Other ranks wait here, inside the process group timeout, until the model exists.
+        if context.distributed:
+            dist.barrier()
+        return model_dir
 
-    model_dir = None
-    if context.is_main:
-        model.load_state_dict(best_state)
-        log.info("keeping the weights of epoch %d (validation HR@%d %.4f)", best_epoch,
-                 VALIDATION_K, best_hit_rate)
-        model_dir = save_checkpoint(model, layout, model_version, layout.vocab_dir, summary)
-        if diagnostics_path.is_file():
-            shutil.move(diagnostics_path, model_dir / DIAGNOSTICS_FILE)
-        shutil.rmtree(diagnostics_path.parent, ignore_errors=True)
-        log.info("saved model %s to %s", model_version, model_dir)
-    # Other ranks wait here, inside the process group timeout, until the checkpoint exists.
-    if context.distributed:
-        dist.barrier()
-    return model_dir
 
+class WindowCounter:
+    """This rank's examples, tokens and FLOPs since the last progress line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.examples = self.tokens = self.flops = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, examples: int, tokens: float, flops: float) -> None:
+        self.examples += examples
+        self.tokens += tokens
+        self.flops += flops
+
+
+def run_training(cfg: PipelineConfig, context: DistributedContext,
+                 requested_version: str | None, resume: bool = False) -> Path | None:
+    """Train (or continue training) a model version and save it; return its folder on rank 0.
+
+    With `resume`, the newest training-state checkpoint of the version is loaded; without
+    one, training starts from the beginning. Without `resume`, existing checkpoints of the
+    version are an error, so two runs never mix their states.
+    """
+    layout = Layout.from_root(cfg.paths.root)
+    model_version = agree_model_version(requested_version, context)
+    model_dir = layout.model_dir(model_version)
+    if resume and (model_dir / "model_config.json").is_file():
+        log.info("model %s is already trained (%s); nothing to resume", model_version,
+                 model_dir)
+        return model_dir if context.is_main else None
+
+    checkpoints_dir = layout.training_checkpoints_dir(model_version)
+    latest = latest_training_checkpoint(checkpoints_dir)
+    if latest is not None and not resume:
+        raise FileExistsError(f"{checkpoints_dir} already has training checkpoints of model "
+                              f"{model_version}; pass --resume to continue them, or another "
+                              f"--model-version")
+
+    run = TrainingRun(cfg, context, layout, model_version)
+    if latest is not None:
+        run.restore(latest)
+    else:
+        if resume:
+            log.warning("no training checkpoint under %s: training model %s from the start",
+                        checkpoints_dir, model_version)
+        if cfg.train.warm_start:
+            from behaviorgpt.warm_start import load_serving_weights
+
+            load_serving_weights(run.model, layout, layout.vocab_dir)
+    broadcast_parameters(run.model)
+    return run.run()
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.profile, args.set, args.conf)
     torch.set_num_threads(cfg.train.num_threads)
 
+    # A group that torchrun restarted after a failure continues from the newest checkpoint.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if args.resume and not args.model_version:
+        raise SystemExit("behaviorgpt.train: --resume needs --model-version, the version "
+                         "whose checkpoints to continue")
+
     context = init_distributed(timedelta(minutes=cfg.train.dist_timeout_minutes))
     setup_logging(context)
+    if restarted and not args.model_version:
+        log.warning("torchrun restarted the group but no --model-version was given, so its "
+                    "checkpoints cannot be found: training a new model version from the start")
     try:
-        run_training(cfg, context, args.model_version)
+        run_training(cfg, context, args.model_version, resume=args.resume or restarted)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
