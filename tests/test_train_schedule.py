@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ from behaviorgpt.layout import Layout
 from behaviorgpt.losses import TASKS, MultiTaskLoss
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.multitask import Trainer
+from behaviorgpt.pipeline import newest_unfinished_version
 from behaviorgpt.train import estimate_total_steps, learning_rate_factor, main
 from shards_helper import synthetic_users, write_dataset
 
@@ -108,3 +110,13 @@ def test_early_stopping_ends_run(tmp_path, monkeypatch):
     assert description["training"]["epochs_run"] == 3
     assert description["training"]["selected_epoch"] == 1
     assert [record["epoch"] for record in description["training"]["history"]] == [1, 2, 3]
+
+
+def test_resume_picks_newest_unfinished(tmp_path):
+    layout = Layout.from_root(tmp_path)
+    for version in ("finished", "older", "newer"):
+        (layout.training_checkpoints_dir(version) / "step-000000001").mkdir(parents=True)
+    layout.model_dir("finished").mkdir(parents=True)
+    os.utime(layout.training_checkpoints_dir("older"), (1_000_000, 1_000_000))
+
+    assert newest_unfinished_version(layout) == "newer"

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -156,10 +157,17 @@ def run_train(context: RunContext) -> str:
             raise FileNotFoundError(f"no unfinished training under "
                                     f"{context.layout.root / 'checkpoints'} to resume; "
                                     f"run train without --resume")
+    resume = context.resume
     if model_version is None:
-        model_version = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # Named after the run id, so that an orchestrator's retry of this run (same run id)
+        # continues the failed attempt's checkpoints, or finds the model it already finished,
+        # instead of training again from the start.
+        model_version = re.sub(r"[^A-Za-z0-9._-]", "_", context.run_id)
+        layout = context.layout
+        resume = resume or (layout.training_checkpoints_dir(model_version).is_dir()
+                            or layout.model_dir(model_version).exists())
     arguments = [*_config_arguments(context), "--model-version", model_version]
-    if context.resume:
+    if resume:
         arguments.append("--resume")
 
     if settings.launcher == "spark":

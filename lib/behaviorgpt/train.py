@@ -700,6 +700,9 @@ def run_training(cfg: PipelineConfig, context: DistributedContext,
                  model_dir)
         return model_dir if context.is_main else None
 
+    if model_dir.exists() and not resume:
+        raise FileExistsError(f"model folder {model_dir} already exists; pass another "
+                              f"--model-version or remove the folder")
     checkpoints_dir = layout.training_checkpoints_dir(model_version)
     latest = latest_training_checkpoint(checkpoints_dir)
     if latest is not None and not resume:
