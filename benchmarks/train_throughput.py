@@ -4,7 +4,7 @@ One process takes optimizer steps (`multitask.Trainer.step`, the step the traini
 on synthetic full-length batches and prints a Markdown table with examples/s, tokens/s and
 MFU for each precision. MFU is the estimated model FLOPs per second
 (`multitask.estimate_step_flops`) over the float32 matmul peak measured in the same process
-(`multitask.measure_matmul_peak`, 1024 x 1024 matrices), so it is relative to what this
+(`multitask.measure_matmul_peak`, 1024 x 1024 matrices). It is therefore relative to what this
 process can reach with its thread count, not to a data-sheet number. The target is an MFU of
 at least 0.40 of that peak.
 

@@ -10,8 +10,11 @@ gradients are all-reduced by hand instead of by DDP). So no rank hangs, and ever
 sequence is used once per epoch, none dropped or repeated. A step's gradient is the gradient
 of the multi-task loss over all targets of the ranks that still had a batch.
 
-Rank 0 alone logs. After the last epoch it saves the weights of the epoch with the best
-validation HR@10 while the other ranks wait at a barrier.
+Rank 0 alone logs and writes files. Every `train.checkpoint_every` steps and at each epoch
+end it writes a training-state checkpoint (`train_state.py`); `--resume`, or a group that
+torchrun restarted, continues from the newest one with the same result as an uninterrupted
+run. After the last epoch rank 0 saves the weights of the epoch with the best validation
+HR@10 while the other ranks wait at a barrier.
 """
 
 from __future__ import annotations
@@ -109,10 +112,10 @@ def init_distributed(timeout: timedelta) -> DistributedContext:
 
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        # A group that torchrun restarted meets in the same store as the failed attempt,
-        # where the dead ranks' gloo addresses are still listed (seen with torch 2.15 and
-        # both the static and the c10d rendezvous), so a new rank may read a stale address
-        # and fail to connect. Keys under a per-attempt prefix cannot be stale.
+        # A group that torchrun restarted meets in the same store as the failed attempt. The
+        # dead ranks' gloo addresses are still listed there (seen with torch 2.15, static and
+        # c10d rendezvous), so a new rank may read a stale address and fail to connect. Keys
+        # under a per-attempt prefix cannot be stale.
         store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size,
                                            timeout=timeout))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -168,8 +171,8 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int,
     """Return the learning-rate multiplier of optimizer step `step` (counted from 0).
 
     Linear warm-up from `1 / warmup_steps` to 1 over the first `warmup_steps` steps, then a
-    cosine decay from 1 to `min_ratio` that reaches `min_ratio` at `total_steps` and stays
-    there (the step count is an estimate, so a run may take a few steps more).
+    cosine decay from 1 that reaches `min_ratio` at `total_steps`. The factor stays at
+    `min_ratio` after that, because the step count is an estimate and a run may take more.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -313,7 +316,7 @@ def new_epoch_sums(tasks: tuple[str, ...]) -> dict[str, float]:
 class TrainingRun:
     """One model version's training: the loop, its checkpoints and resuming from them.
 
-    Every rank holds the same model, optimizer, schedule and strategy state; each rank has its
+    Every rank has the same model, optimizer, schedule and strategy state. Each rank has its
     own loader position, random generator and partial epoch sums. A checkpoint records all of
     it, so a run resumed from step k takes the same steps k+1, k+2, ... as a run that never
     stopped and ends with bit-identical weights.

@@ -1,10 +1,10 @@
 """Warm start: begin training from the serving model's weights, in tonight's vocabulary.
 
 Tonight's vocabulary may give an item another token id than the serving model's vocabulary
-(copied into its folder as `vocab/`), and may contain items the model never saw. Every
-weight whose rows are indexed by item or category id is therefore copied row by row through
-the raw ids: a row of tonight's id gets the serving model's row of the same raw id, and ids
-the model never saw keep their fresh random initialisation. All other weights are copied as
+(copied into its folder as `vocab/`), and may contain items the model never saw. So every
+weight whose rows are indexed by item or category id is copied row by row through the raw
+ids. A row of tonight's id gets the serving model's row of the same raw id. Ids the model
+never saw keep their fresh random initialisation. All other weights are copied as
 they are. The same mapping idea as `vocab_alignment`, on tensors instead of Spark columns.
 """
 
