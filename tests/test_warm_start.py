@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -13,17 +9,7 @@ from behaviorgpt.checkpoint import save_checkpoint
 from behaviorgpt.layout import Layout
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.warm_start import load_serving_weights
-
-
-def write_vocabulary(folder, items: dict[str, int], categories: dict[str, int]):
-    folder.mkdir(parents=True)
-    for name, ids in (("items", items), ("categories", categories)):
-        pq.write_table(pa.table({"token_id": pa.array(list(ids.values()), pa.int32()),
-                                 "raw_id": pa.array(list(ids)),
-                                 "count": pa.array([1] * len(ids), pa.int64())}),
-                       folder / f"{name}.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"hash": folder.name}))
-    return folder
+from test_vocab_alignment import write_vocabulary
 
 
 def make_model(num_items: int, num_categories: int, seed: int) -> BehaviorGPT:
@@ -35,9 +21,10 @@ def make_model(num_items: int, num_categories: int, seed: int) -> BehaviorGPT:
 def test_old_item_rows_start_equal(tmp_path):
     layout = Layout.from_root(tmp_path)
     # Ids 0-3 are reserved. Tonight i9 and i7 swap places, i5 is new and i8 is gone.
-    old_vocab = write_vocabulary(tmp_path / "old", {"i7": 4, "i8": 5, "i9": 6}, {"c1": 4})
+    old_vocab = write_vocabulary(tmp_path / "old", {"i7": 4, "i8": 5, "i9": 6}, {"c1": 4},
+                                 "old")
     new_vocab = write_vocabulary(tmp_path / "new", {"i9": 4, "i7": 5, "i5": 6, "i6": 7},
-                                 {"c2": 4, "c1": 5})
+                                 {"c2": 4, "c1": 5}, "new")
     serving = make_model(7, 5, seed=1)
     save_checkpoint(serving, layout, "v1", old_vocab, training_summary={})
     layout.point(layout.latest_model_file, "v1")
@@ -59,7 +46,7 @@ def test_old_item_rows_start_equal(tmp_path):
 
 def test_no_serving_model_keeps_weights(tmp_path):
     layout = Layout.from_root(tmp_path)
-    vocab = write_vocabulary(tmp_path / "new", {"i9": 4}, {"c1": 4})
+    vocab = write_vocabulary(tmp_path / "new", {"i9": 4}, {"c1": 4}, "new")
     model = make_model(5, 5, seed=2)
     before = model.embed.item.weight.detach().clone()
 
@@ -69,7 +56,7 @@ def test_no_serving_model_keeps_weights(tmp_path):
 
 def test_changed_model_size_is_rejected(tmp_path):
     layout = Layout.from_root(tmp_path)
-    vocab = write_vocabulary(tmp_path / "vocab", {"i9": 4}, {"c1": 4})
+    vocab = write_vocabulary(tmp_path / "vocab", {"i9": 4}, {"c1": 4}, "v")
     save_checkpoint(make_model(5, 5, seed=1), layout, "v1", vocab, training_summary={})
     layout.point(layout.latest_model_file, "v1")
     wider = BehaviorGPT(BehaviorGPTConfig(num_items=5, num_categories=5, max_len=8, d_model=32,

@@ -238,7 +238,7 @@ class TrainConfig:
         "ranks resume from the newest checkpoint. 0 fails the stage on the first error.",
         minimum=0)
     warmup_steps: int = _option(
-        100, "Optimizer steps of linear learning-rate warm-up from 0 to train.learning_rate; "
+        20, "Optimizer steps of linear learning-rate warm-up from 0 to train.learning_rate; "
         "0 starts at the full rate.", minimum=0)
     min_learning_rate_ratio: float = _option(
         0.1, "Learning rate at the end of the cosine decay, as a fraction of "
