@@ -88,9 +88,11 @@ class MetricsWriter:
             self.bar = None
         self._append({"kind": "epoch", "step": step, **record})
         if self.board is not None:
+            # Plotted at the optimizer step, like the step records, so that `purge_step`
+            # hides an interrupted process's epoch records too.
             for name, value in record.items():
                 if name != "epoch" and isinstance(value, (int, float)):
-                    self.board.add_scalar(f"epoch/{name}", value, record["epoch"])
+                    self.board.add_scalar(f"epoch/{name}", value, step)
             self.board.flush()
 
     def close(self) -> None:
