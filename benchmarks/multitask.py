@@ -35,14 +35,13 @@ import torch
 
 from behaviorgpt.aggregation import STRATEGIES
 from behaviorgpt.config import load_config
-from behaviorgpt.data import (read_manifest, read_rank_sequences, read_vocab_manifest,
-                              training_batches)
+from behaviorgpt.data import (eligible_rows, read_manifest, read_rank_sequences,
+                              read_vocab_manifest, training_batches)
 from behaviorgpt.evaluate import RankingTotals, model_top_items, window_task_metrics
 from behaviorgpt.layout import Layout
 from behaviorgpt.losses import TASKS, validate_task_weights
 from behaviorgpt.multitask import measure_matmul_peak
-from behaviorgpt.train import (DistributedContext, build_model, build_trainer,
-                               train_one_epoch)
+from behaviorgpt.train import DistributedContext, build_model, build_trainer
 
 log = logging.getLogger("benchmarks.multitask")
 
@@ -57,15 +56,22 @@ def run_one(cfg, label: str, strategy: str, weights: dict[str, float], sequences
                                  device=torch.device("cpu"))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, vocab, max_len)
-    trainer = build_trainer(model, cfg, weights, diagnostics_path=None)
+    batches_per_epoch = math.ceil(len(eligible_rows(sequences, "train")) / cfg.train.batch_size)
+    trainer = build_trainer(model, cfg, weights, diagnostics_path=None,
+                            total_steps=batches_per_epoch * cfg.train.epochs)
 
     step_seconds, steps, flops = 0.0, 0.0, 0.0
     started = time.perf_counter()
     for epoch in range(cfg.train.epochs):
-        sums = train_one_epoch(trainer, sequences, cfg, epoch, context)
-        step_seconds += sums["step_seconds"]
-        steps += sums["steps"]
-        flops += sums["flops"]
+        trainer.loss.train()
+        for batch in training_batches(sequences, cfg.train.batch_size, cfg.train.seed, epoch,
+                                      context.rank):
+            step_started = time.perf_counter()
+            report = trainer.step(batch)
+            step_seconds += time.perf_counter() - step_started
+            steps += 1
+            flops += report.flops
+        trainer.strategy.end_epoch()
     train_seconds = time.perf_counter() - started
 
     model.eval()
@@ -98,7 +104,7 @@ def interleaved_step_seconds(cfg, runs: list[tuple[str, str, dict]], sequences, 
             cfg, train=dataclasses.replace(cfg.train, aggregation=strategy))
         torch.manual_seed(cfg.train.seed)
         trainers[label] = build_trainer(build_model(run_cfg, vocab, max_len), run_cfg,
-                                        weights, diagnostics_path=None)
+                                        weights, diagnostics_path=None, total_steps=rounds)
     batches = list(training_batches(sequences, cfg.train.batch_size, cfg.train.seed, 0,
                                     context.rank))
     times: dict[str, list[float]] = {label: [] for label in trainers}

@@ -93,6 +93,22 @@ class Strategy(nn.Module):
     def end_epoch(self) -> None:
         """Update internal state at the end of an epoch."""
 
+    def get_state(self) -> dict[str, Tensor]:
+        """Return every tensor a resumed run needs to continue this strategy exactly.
+
+        The base version returns the module's state dict (parameters and persistent
+        buffers) under `module.`; subclasses add the plain tensors that `observe` and
+        `end_epoch` update.
+        """
+        return {f"module.{name}": tensor.detach().clone()
+                for name, tensor in self.state_dict().items()}
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `get_state` returned."""
+        module_state = {name.removeprefix("module."): tensor for name, tensor in state.items()
+                        if name.startswith("module.")}
+        self.load_state_dict(module_state, strict=True)
+
 
 class FixedWeights(Strategy):
     """Constant configured weights."""
@@ -156,6 +172,19 @@ class DynamicWeightAverage(Strategy):
         self.epoch_sum = torch.zeros(self.num_tasks, dtype=torch.float64)
         self.epoch_steps = 0
 
+    def get_state(self) -> dict[str, Tensor]:
+        history = (torch.stack(self.history) if self.history
+                   else torch.zeros(0, self.num_tasks, dtype=torch.float64))
+        return {**super().get_state(), "epoch_sum": self.epoch_sum.clone(),
+                "epoch_steps": torch.tensor(self.epoch_steps, dtype=torch.int64),
+                "history": history}
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        super().set_state(state)
+        self.epoch_sum = state["epoch_sum"].to(torch.float64).cpu().clone()
+        self.epoch_steps = int(state["epoch_steps"])
+        self.history = [row.clone() for row in state["history"].to(torch.float64).cpu()]
+
 
 class FastAdaptiveMultitask(Strategy):
     """FAMO (Liu, Liang, Mu, Stone and Liu, NeurIPS 2023).
@@ -194,9 +223,34 @@ class FastAdaptiveMultitask(Strategy):
             self.optimizer.step()
         self.previous_losses = current
 
+    def get_state(self) -> dict[str, Tensor]:
+        state = {**super().get_state(), "logits": self.logits.detach().clone()}
+        # The Adam moments of the logits; absent before the first update.
+        for name, value in self.optimizer.state.get(self.logits, {}).items():
+            state[f"adam.{name}"] = value.detach().clone()
+        if self.previous_losses is not None:
+            state["previous_losses"] = self.previous_losses.clone()
+        return state
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        super().set_state(state)
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        moments = {name.removeprefix("adam."): value.clone() for name, value in state.items()
+                   if name.startswith("adam.")}
+        self.optimizer.state.clear()
+        if moments:
+            self.optimizer.state[self.logits] = moments
+        previous = state.get("previous_losses")
+        self.previous_losses = None if previous is None else previous.to(torch.float64).clone()
+
 
 class GramianWeights(Strategy):
-    """A torchjd weighting of the global Gramian of the task gradients."""
+    """A torchjd weighting of the global Gramian of the task gradients.
+
+    It keeps no state between steps: the only randomness (PCGrad's task order) is drawn from
+    a generator seeded by `seed` and the step number, so the base `get_state` is complete.
+    """
 
     needs_gramian = True
 

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--full-rescore", action="store_true",
                         help="score every user instead of only users with new events "
                              "(sets score.full_rescore=true)")
+    common.add_argument("--model-version",
+                        help="train: name of the model folder to write (default: UTC timestamp)")
+    common.add_argument("--resume", action="store_true",
+                        help="train: continue the newest training checkpoint of --model-version "
+                             "(default: of the newest unfinished training)")
     common.add_argument("--dry-run", action="store_true",
                         help="print the plan and resolved config, then exit")
 
@@ -70,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(arguments.profile, overrides, arguments.conf)
         context = RunContext.create(config, profile=arguments.profile, conf_dir=arguments.conf,
-                                    overrides=overrides, run_id=arguments.run_id)
+                                    overrides=overrides, run_id=arguments.run_id,
+                                    model_version=arguments.model_version,
+                                    resume=arguments.resume)
     except (ConfigError, ValueError) as error:
         print(f"behaviorgpt: error: {error}", file=sys.stderr)
         return 2

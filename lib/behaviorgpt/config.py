@@ -226,6 +226,37 @@ class TrainConfig:
     dist_timeout_minutes: float = _option(
         10.0, "Timeout, in minutes, of every collective call of the training process group "
         "(a rank that waits longer for the others fails).", minimum=0.1)
+    checkpoint_every: int = _option(
+        500, "Optimizer steps between training-state checkpoints under "
+        "<root>/checkpoints/<model_version>/; 0 writes them only at the end of each epoch "
+        "(which always gets one).", minimum=0)
+    keep_checkpoints: int = _option(
+        2, "Newest training-state checkpoints kept per model version; older ones are "
+        "deleted.", minimum=1)
+    max_restarts: int = _option(
+        1, "Times torchrun restarts the whole process group after a rank fails; the restarted "
+        "ranks resume from the newest checkpoint. 0 fails the stage on the first error.",
+        minimum=0)
+    warmup_steps: int = _option(
+        20, "Optimizer steps of linear learning-rate warm-up from 0 to train.learning_rate; "
+        "0 starts at the full rate.", minimum=0)
+    min_learning_rate_ratio: float = _option(
+        0.1, "Learning rate at the end of the cosine decay, as a fraction of "
+        "train.learning_rate; 1.0 keeps the rate constant after warm-up.",
+        minimum=0.0, maximum=1.0)
+    precision: str = _option(
+        "fp32", "Arithmetic of the forward passes: fp32, or bf16 under torch.autocast with "
+        "float32 master weights and optimizer state.", choices=("fp32", "bf16"))
+    early_stopping_patience: int = _option(
+        0, "Stop after this many epochs without a better validation HR@10; 0 runs every "
+        "epoch. The best epoch's weights are saved either way.", minimum=0)
+    log_every: int = _option(
+        50, "Optimizer steps between progress lines (examples/s, tokens/s, MFU) and step "
+        "records in metrics.jsonl; 0 logs epochs only.", minimum=0)
+    launcher: str = _option(
+        "torchrun", "How `behaviorgpt train` starts the ranks: torchrun on this machine, or "
+        "spark (pyspark's TorchDistributor, one rank per Spark task).",
+        choices=("torchrun", "spark"))
 
 
 @dataclass(frozen=True, kw_only=True)

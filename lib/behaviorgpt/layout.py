@@ -2,7 +2,8 @@
 
 This module is the one place that names paths; Spark-side and torch-side code both ask it, so
 it imports neither pyspark nor torch. Delta tables sit under `<root>/delta/`, Parquet training
-shards under `<root>/sequences/`, trained models under `<root>/models/<model_version>/`.
+shards under `<root>/sequences/`, trained models under `<root>/models/<model_version>/` and
+their training-state checkpoints under `<root>/checkpoints/<model_version>/`.
 Two pointer files there name model versions: `CANDIDATE` the newest trained model, `LATEST`
 the model that scoring uses (the quality gate moves `LATEST` to the candidate or keeps it).
 """
@@ -61,6 +62,11 @@ class Layout:
 
     def model_dir(self, model_version: str) -> Path:
         return self.models_dir / model_version
+
+    def training_checkpoints_dir(self, model_version: str) -> Path:
+        """Folder of the training-state checkpoints (`step-<n>/`) of one model version, which
+        `behaviorgpt.train --resume` continues from."""
+        return self.root / "checkpoints" / model_version
 
     @property
     def latest_model_file(self) -> Path:

@@ -358,8 +358,14 @@ class ExampleLoader:
         self.dataset.set_epoch(self.epoch)
         self.dataset.set_resume(self.delivered, self.next_stream)
         if self.num_workers:
+            # The DataLoader draws its workers' base seed from the generator it is given, or
+            # else from torch's global one. A private generator keeps the global state (which
+            # drives dropout) independent of when an epoch's iterator is made, so a run
+            # resumed mid-epoch draws the same dropout masks. The workers use no torch
+            # randomness: their order comes from numpy generators seeded per epoch.
             source = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                collate_fn=_keep_batch, prefetch_factor=self.prefetch_factor)
+                                collate_fn=_keep_batch, prefetch_factor=self.prefetch_factor,
+                                generator=torch.Generator().manual_seed(self.dataset.seed))
         else:
             source = self.dataset
         iterator = iter(source)

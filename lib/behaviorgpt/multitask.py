@@ -75,11 +75,18 @@ class Trainer:
         diagnostics_every: compute gradient diagnostics every this many steps; 0 = never.
         diagnostics_path: JSON lines file that receives the diagnostics (rank 0 passes one,
             the other ranks None).
+        scheduler: learning-rate scheduler stepped after every optimizer step, or None.
+        precision: "fp32", or "bf16" to run the forward passes under `torch.autocast`
+            (parameters, gradients and optimizer state stay float32).
     """
 
     def __init__(self, loss: MultiTaskLoss, strategy: Strategy, tasks: tuple[str, ...],
                  optimizer: torch.optim.Optimizer, grad_clip_norm: float = 0.0,
-                 diagnostics_every: int = 0, diagnostics_path: Path | None = None) -> None:
+                 diagnostics_every: int = 0, diagnostics_path: Path | None = None,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r} is not supported; use fp32 or bf16")
         self.loss = loss
         self.model = loss.model
         self.strategy = strategy
@@ -88,6 +95,8 @@ class Trainer:
         self.grad_clip_norm = grad_clip_norm
         self.diagnostics_every = diagnostics_every
         self.diagnostics_path = diagnostics_path
+        self.scheduler = scheduler
+        self.precision = precision
         self.step_count = 0
         self.model_parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.shared_parameters = self.model.shared_parameters()
@@ -106,9 +115,11 @@ class Trainer:
         hidden = features = None
         local_counts = torch.zeros(num_tasks, dtype=torch.float64, device=self.device)
         if batch is not None:
-            hidden = self.model(batch)
-            features = hidden.detach().requires_grad_()
-            sums = self.loss.task_sums(features, batch, self.tasks)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.precision == "bf16"):
+                hidden = self.model(batch)
+                features = hidden.detach().requires_grad_()
+                sums = self.loss.task_sums(features, batch, self.tasks)
             local_counts = torch.stack([sums[task].count for task in self.tasks]).double()
 
         header = torch.cat([torch.tensor([float(batch is not None)], dtype=torch.float64,
@@ -136,6 +147,8 @@ class Trainer:
         if self.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model_parameters, self.grad_clip_norm)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.strategy.observe(result.losses)
 
         if task_gradients is not None:
@@ -202,8 +215,11 @@ def measure_matmul_peak(size: int = 1024, seconds: float = 0.5,
     Uses the current torch thread count, so it is the peak that the training process itself
     can reach on this machine.
     """
-    left = torch.randn(size, size, device=device)
-    right = torch.randn(size, size, device=device)
+    # A private generator, so that measuring leaves the global random state (dropout) as it
+    # was: a resumed run measures again after restoring that state.
+    generator = torch.Generator(device=device).manual_seed(0)
+    left = torch.randn(size, size, device=device, generator=generator)
+    right = torch.randn(size, size, device=device, generator=generator)
     torch.matmul(left, right)  # warm-up
     best = 0.0
     deadline = time.perf_counter() + seconds

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -51,10 +52,15 @@ class RunContext:
     layout: Layout
     spark: object | None = None
     results: dict = field(default_factory=dict)
+    model_version: str | None = None
+    """Model version the train stage writes (default: a UTC timestamp chosen at its start)."""
+    resume: bool = False
+    """Whether the train stage continues the newest training checkpoint of `model_version`."""
 
     @classmethod
     def create(cls, config: PipelineConfig, *, profile: str | None, conf_dir: str | None,
-               overrides: list[str], run_id: str | None = None) -> "RunContext":
+               overrides: list[str], run_id: str | None = None,
+               model_version: str | None = None, resume: bool = False) -> "RunContext":
         from behaviorgpt.runs import check_run_id
 
         now = dt.datetime.now(dt.timezone.utc)
@@ -62,7 +68,8 @@ class RunContext:
         _check_date(run_date)
         return cls(config=config, profile=profile, conf_dir=conf_dir, overrides=list(overrides),
                    run_date=run_date, run_id=check_run_id(run_id or f"{run_date}-{now:%H%M%S}"),
-                   layout=Layout.from_root(config.paths.root))
+                   layout=Layout.from_root(config.paths.root), model_version=model_version,
+                   resume=resume)
 
     def get_spark(self):
         if self.spark is None:
@@ -134,21 +141,78 @@ def run_sequences(context: RunContext):
 
 
 def run_train(context: RunContext) -> str:
-    """Train with `torchrun` on this machine and return the new model's folder.
+    """Train on this machine and return the new model's folder.
 
+    The ranks run under torchrun (or Spark's TorchDistributor with `train.launcher: spark`).
+    torchrun restarts the whole group up to `train.max_restarts` times after a rank fails, and
+    the restarted ranks continue from the newest training checkpoint. The model version is
+    chosen here, not by the ranks, so a restarted group finds the checkpoints of this run.
     The new model becomes the candidate (`models/CANDIDATE`); the gate decides whether it serves.
     """
-    if context.config.train.warm_start:
-        # TODO: warm start (fine-tuning the serving model) belongs to the training module; until
-        # it reads train.warm_start, every night retrains from random weights.
-        log.warning("train.warm_start is set but training does not implement it yet: "
-                    "training from random weights")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={context.config.train.nproc}",
-               "-m", "behaviorgpt.train", *_config_arguments(context)]
-    log.info("training: %s", " ".join(command))
-    subprocess.run(command, check=True, env=_child_environment())
-    return str(context.layout.candidate_model_dir())
+    settings = context.config.train
+    model_version = context.model_version
+    if context.resume and model_version is None:
+        model_version = newest_unfinished_version(context.layout)
+        if model_version is None:
+            raise FileNotFoundError(f"no unfinished training under "
+                                    f"{context.layout.root / 'checkpoints'} to resume; "
+                                    f"run train without --resume")
+    resume = context.resume
+    if model_version is None:
+        # Named after the run id, so that an orchestrator's retry of this run (same run id)
+        # continues the failed attempt's checkpoints, or finds the model it already finished,
+        # instead of training again from the start.
+        model_version = re.sub(r"[^A-Za-z0-9._-]", "_", context.run_id)
+        layout = context.layout
+        resume = resume or (layout.training_checkpoints_dir(model_version).is_dir()
+                            or layout.model_dir(model_version).exists())
+    arguments = [*_config_arguments(context), "--model-version", model_version]
+    if resume:
+        arguments.append("--resume")
+
+    if settings.launcher == "spark":
+        _train_with_spark(context, arguments)
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={settings.nproc}", f"--max-restarts={settings.max_restarts}",
+                   "-m", "behaviorgpt.train", *arguments]
+        log.info("training: %s", " ".join(command))
+        subprocess.run(command, check=True, env=_child_environment())
+    return str(context.layout.model_dir(model_version))
+
+
+def newest_unfinished_version(layout: Layout) -> str | None:
+    """Return the model version with the newest training checkpoint and no model folder yet."""
+    checkpoints = layout.root / "checkpoints"
+    if not checkpoints.is_dir():
+        return None
+    unfinished = [folder for folder in checkpoints.iterdir()
+                  if folder.is_dir() and not layout.model_dir(folder.name).exists()]
+    if not unfinished:
+        return None
+    return max(unfinished, key=lambda folder: folder.stat().st_mtime).name
+
+
+def _train_with_spark(context: RunContext, arguments: list[str]) -> None:
+    """Run `behaviorgpt/train.py` with pyspark's TorchDistributor, one rank per Spark task.
+
+    TorchDistributor starts torchrun itself (locally in local mode, else inside barrier-mode
+    Spark tasks) without restarts: a failed rank fails the stage, and rerunning it with
+    `--resume` continues from the newest checkpoint.
+    NOTE: no test runs this launcher; the torchrun launcher is the tested one.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    import behaviorgpt.train
+
+    settings = context.config.train
+    context.get_spark()  # TorchDistributor uses the active session
+    local_mode = context.config.spark.master.startswith("local")
+    distributor = TorchDistributor(num_processes=settings.nproc, local_mode=local_mode,
+                                   use_gpu=False)
+    log.info("training with TorchDistributor (%d processes, local mode %s): %s",
+             settings.nproc, local_mode, " ".join(arguments))
+    distributor.run(behaviorgpt.train.__file__, *arguments)
 
 
 def run_evaluate(context: RunContext) -> dict:

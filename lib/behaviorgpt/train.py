@@ -10,36 +10,36 @@ gradients are all-reduced by hand instead of by DDP). So no rank hangs, and ever
 sequence is used once per epoch, none dropped or repeated. A step's gradient is the gradient
 of the multi-task loss over all targets of the ranks that still had a batch.
 
-Rank 0 alone logs. After the last epoch it saves the weights of the epoch with the best
-validation HR@10 while the other ranks wait at a barrier.
+Rank 0 alone logs and writes files. Every `train.checkpoint_every` steps and at each epoch
+end it writes a training-state checkpoint (loop in `train_loop.py`, files in
+`train_state.py`). `--resume`, or a group that torchrun restarted, continues from the newest
+one with the same result as an uninterrupted run. After the last epoch rank 0 saves the
+weights of the epoch with the best validation HR@10 while the other ranks wait at a barrier.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from behaviorgpt.aggregation import Strategy, make_strategy
-from behaviorgpt.checkpoint import save_checkpoint
 from behaviorgpt.config import PipelineConfig, load_config
-from behaviorgpt.data import (EventSequences, read_manifest, read_rank_sequences,
-                              read_vocab_manifest)
+from behaviorgpt.data import EventSequences
 from behaviorgpt.evaluate import RankingTotals, model_top_items
 from behaviorgpt.layout import Layout
-from behaviorgpt.loader import ExampleLoader, ExampleStream
-from behaviorgpt.losses import TASKS, MultiTaskLoss, validate_task_weights
+from behaviorgpt.loader import ExampleLoader, ExampleStream, rank_example_files
+from behaviorgpt.losses import TASKS, MultiTaskLoss
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
-from behaviorgpt.multitask import Trainer, broadcast_parameters, measure_matmul_peak
+from behaviorgpt.multitask import Trainer
 from behaviorgpt.tokens import NUM_EVENT_TYPE_IDS, NUM_TIME_GAP_IDS
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="config override, for example train.epochs=3")
     parser.add_argument("--model-version", default=None,
                         help="name of the model folder to write (default: UTC timestamp)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest training-state checkpoint of "
+                             "--model-version (a group restarted by torchrun always does)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +102,15 @@ def init_distributed(timeout: timedelta) -> DistributedContext:
 
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timeout)
+        # A group that torchrun restarted meets in the same store as the failed attempt. The
+        # dead ranks' gloo addresses are still listed there (seen with torch 2.15, static and
+        # c10d rendezvous), so a new rank may read a stale address and fail to connect. Keys
+        # under a per-attempt prefix cannot be stale.
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size,
+                                           timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"attempt-{attempt}", store),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(rank, local_rank, world_size, device)
 
 
@@ -145,20 +156,66 @@ def make_optimizer(model: BehaviorGPT, cfg: PipelineConfig,
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
 
 
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int,
+                         min_ratio: float) -> float:
+    """Return the learning-rate multiplier of optimizer step `step` (counted from 0).
+
+    Linear warm-up from `1 / warmup_steps` to 1 over the first `warmup_steps` steps, then a
+    cosine decay from 1 that reaches `min_ratio` at `total_steps`. The factor stays at
+    `min_ratio` after that, because the step count is an estimate and a run may take more.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def estimate_total_steps(cfg: PipelineConfig, layout: Layout, world_size: int) -> int:
+    """Estimate the optimizer steps of the whole run from the example manifest.
+
+    An epoch takes as many steps as the rank with the most batches, about its examples over
+    the batch size (length bucketing can add a partial batch per stream), capped by
+    `train.max_steps`. The estimate reads only the manifest, so every rank and a resumed run
+    compute the same number.
+    """
+    batches = []
+    for rank in range(world_size):
+        examples = sum(entry.rows for entry in
+                       rank_example_files(layout.sequences_dir, "train", rank, world_size))
+        batches.append(math.ceil(examples / cfg.train.batch_size))
+    per_epoch = max(batches, default=0)
+    if cfg.train.max_steps:
+        per_epoch = min(per_epoch, cfg.train.max_steps)
+    return max(per_epoch, 1) * cfg.train.epochs
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: PipelineConfig,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    settings = cfg.train
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(learning_rate_factor, warmup_steps=settings.warmup_steps,
+                           total_steps=total_steps,
+                           min_ratio=settings.min_learning_rate_ratio))
+
+
 def build_trainer(model: BehaviorGPT, cfg: PipelineConfig, weights: dict[str, float],
-                  diagnostics_path: Path | None) -> Trainer:
-    """Build the loss, the aggregation strategy over the tasks with weight > 0, the optimizer
-    and the trainer from the config."""
+                  diagnostics_path: Path | None, total_steps: int) -> Trainer:
+    """Build the loss, the aggregation strategy over the tasks with weight > 0, the optimizer,
+    its learning-rate schedule and the trainer from the config."""
     tasks = tuple(task for task in TASKS if weights[task] > 0)
     strategy = make_strategy(cfg.train.aggregation, [weights[task] for task in tasks],
                              seed=cfg.train.seed, dwa_temperature=cfg.train.dwa_temperature,
                              cagrad_c=cfg.train.cagrad_c).to(next(model.parameters()).device)
     loss = MultiTaskLoss(model, window_events=cfg.train.window_events,
                          return_days=cfg.train.return_days)
-    return Trainer(loss, strategy, tasks, make_optimizer(model, cfg, strategy),
+    optimizer = make_optimizer(model, cfg, strategy)
+    return Trainer(loss, strategy, tasks, optimizer,
                    grad_clip_norm=cfg.train.grad_clip_norm,
                    diagnostics_every=cfg.train.diagnostics_every,
-                   diagnostics_path=diagnostics_path)
+                   diagnostics_path=diagnostics_path,
+                   scheduler=make_scheduler(optimizer, cfg, total_steps),
+                   precision=cfg.train.precision)
 
 
 def all_reduce_floats(values: list[float], context: DistributedContext) -> list[float]:
@@ -168,45 +225,6 @@ def all_reduce_floats(values: list[float], context: DistributedContext) -> list[
     tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
-
-
-def train_one_epoch(trainer: Trainer, loader: ExampleLoader, cfg: PipelineConfig,
-                    epoch: int, context: DistributedContext) -> dict[str, float]:
-    """Run one epoch over this rank's batches; return global loss sums and this rank's counts.
-
-    Every rank takes the same number of optimizer steps: the step ends when no rank has a
-    batch left. A rank whose batches ran out takes part in each step with zero losses and
-    gradients, so the step's gradient is that of the ranks that still had a batch, each
-    target counted once (the same semantics as DDP's `Join`, without its averaging).
-    """
-    trainer.loss.train()
-    sums = {task: 0.0 for task in trainer.tasks}
-    sums.update({f"{task}_targets": 0.0 for task in trainer.tasks})
-    sums.update(sequences=0.0, batches=0.0, steps=0.0, step_seconds=0.0, flops=0.0)
-
-    loader.set_epoch(epoch)
-    batches = iter(loader)
-    while True:
-        # A rank that reached train.max_steps takes part like one whose batches ran out.
-        if cfg.train.max_steps and sums["batches"] >= cfg.train.max_steps:
-            batch = None
-        else:
-            batch = next(batches, None)
-        started = time.perf_counter()
-        report = trainer.step(None if batch is None else batch.to(context.device))
-        if report is None:
-            break
-        sums["step_seconds"] += time.perf_counter() - started
-        sums["steps"] += 1
-        sums["flops"] += report.flops
-        for index, task in enumerate(trainer.tasks):
-            sums[task] += float(report.losses[index]) * float(report.counts[index])
-            sums[f"{task}_targets"] += float(report.counts[index])
-        if batch is not None:
-            sums["sequences"] += batch.item.shape[0]
-            sums["batches"] += 1
-    trainer.strategy.end_epoch()
-    return sums
 
 
 def build_loader(cfg: PipelineConfig, layout: Layout, context: DistributedContext,
@@ -233,144 +251,27 @@ def validation_totals(model: BehaviorGPT, sequences: EventSequences, batch_size:
     return totals
 
 
-def run_training(cfg: PipelineConfig, context: DistributedContext,
-                 requested_version: str | None) -> Path | None:
-    """Train for `cfg.train.epochs` and save the model; return its folder on rank 0."""
-    weights = validate_task_weights(cfg.train.task_weights)
-    layout = Layout.from_root(cfg.paths.root)
-    manifest = read_manifest(layout.sequences_dir)
-    vocab = read_vocab_manifest(layout.vocab_dir)
-    model_version = agree_model_version(requested_version, context)
-
-    sequences = read_rank_sequences(layout.sequences_dir, context.rank, context.world_size)
-    loader = build_loader(cfg, layout, context, manifest.max_len)
-    if loader.dataset.num_examples == 0:
-        log.warning("rank %d has no training example; it only joins the all-reduces",
-                    context.rank)
-
-    # Same initial weights on every rank (DDP also broadcasts rank 0's), different dropout.
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, vocab, manifest.max_len).to(context.device)
-    torch.manual_seed(cfg.train.seed + context.rank)
-
-    broadcast_parameters(model)
-    diagnostics_path = None
-    if context.is_main:
-        diagnostics_path = Path(tempfile.mkdtemp(prefix="behaviorgpt-")) / DIAGNOSTICS_FILE
-    trainer = build_trainer(model, cfg, weights, diagnostics_path)
-
-    # The machine's float32 matmul peak, measured in this process with its thread count.
-    matmul_peak = measure_matmul_peak(device=context.device)
-    log.info("training model %s: %d ranks, %d items, %d categories, %d parameters, tasks %s, "
-             "aggregation %s, measured float32 matmul peak %.1f GFLOP/s per rank",
-             model_version, context.world_size, model.config.num_items,
-             model.config.num_categories,
-             sum(p.numel() for p in model.parameters() if p.requires_grad),
-             ",".join(trainer.tasks), cfg.train.aggregation, matmul_peak / 1e9)
-
-    history = []
-    best_epoch, best_hit_rate, best_state = 0, -1.0, None
-    started = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        epoch_started = time.perf_counter()
-        loader.reset_wait()
-        sums = train_one_epoch(trainer, loader, cfg, epoch, context)
-        seconds = time.perf_counter() - epoch_started
-        sums["data_wait_seconds"] = loader.reset_wait()
-        validation = validation_totals(model, sequences, cfg.train.batch_size, context)
-
-        # Loss sums are already global; sequences, batches and FLOPs are per rank.
-        per_rank = ["sequences", "batches", "flops", "data_wait_seconds"]
-        totals = dict(sums)
-        totals.update(zip(per_rank,
-                          all_reduce_floats([sums[key] for key in per_rank], context)))
-        hits, ndcg, users = all_reduce_floats(
-            [validation.hits, validation.ndcg, float(validation.users)], context)
-
-        record = {"epoch": epoch + 1}
-        for task in trainer.tasks:
-            record[task] = totals[task] / max(totals[f"{task}_targets"], 1.0)
-        record["loss"] = sum(weights[task] * record[task] for task in trainer.tasks)
-        record[f"validation_hr@{VALIDATION_K}"] = hits / max(users, 1.0)
-        record[f"validation_ndcg@{VALIDATION_K}"] = ndcg / max(users, 1.0)
-        record["sequences_per_s"] = totals["sequences"] / seconds
-        record["targets_per_s"] = totals.get("next_item_targets", 0.0) / seconds
-        record["seconds_per_step"] = sums["step_seconds"] / max(sums["steps"], 1.0)
-        # MFU: this rank's model FLOPs per second of step time over its measured peak,
-        # averaged over ranks (each rank has its own core and peak).
-        record["mfu"] = (totals["flops"] / context.world_size
-                         / max(sums["step_seconds"], 1e-9) / matmul_peak)
-        # Mean over ranks of the share of the epoch spent waiting for the next batch.
-        record["data_wait_fraction"] = totals["data_wait_seconds"] / (context.world_size * seconds)
-        history.append(record)
-
-        # Keep the weights of the epoch with the best validation hit rate: with many rare
-        # items the vocabulary softmax starts to memorise training targets after a few epochs.
-        # Every rank has the same weights, so only rank 0, which saves them, copies them.
-        if record[f"validation_hr@{VALIDATION_K}"] > best_hit_rate:
-            best_epoch, best_hit_rate = epoch + 1, record[f"validation_hr@{VALIDATION_K}"]
-            if context.is_main:
-                best_state = {name: tensor.detach().to("cpu", copy=True)
-                              for name, tensor in model.state_dict().items()}
-        task_losses = ", ".join(f"{task} {record[task]:.4f}" for task in trainer.tasks)
-        log.info("epoch %d/%d: loss %.4f (%s) | validation HR@%d %.4f on %d users | "
-                 "%.0f sequences/s, %.3f s/step, MFU %.2f%%",
-                 epoch + 1, cfg.train.epochs, record["loss"], task_losses, VALIDATION_K,
-                 record[f"validation_hr@{VALIDATION_K}"], users, record["sequences_per_s"],
-                 record["seconds_per_step"], 100 * record["mfu"])
-
-    batches_per_rank = [int(sums["batches"])]
-    wait_per_rank = [sums["data_wait_seconds"] / seconds]
-    if context.distributed:
-        batches_per_rank = [None] * context.world_size
-        dist.all_gather_object(batches_per_rank, int(sums["batches"]))
-        wait_per_rank = [None] * context.world_size
-        dist.all_gather_object(wait_per_rank, sums["data_wait_seconds"] / seconds)
-
-    summary = {
-        "world_size": context.world_size,
-        "epochs": cfg.train.epochs,
-        "batch_size": cfg.train.batch_size,
-        "max_steps": cfg.train.max_steps,
-        "learning_rate": cfg.train.learning_rate,
-        "weight_decay": cfg.train.weight_decay,
-        "seed": cfg.train.seed,
-        "task_weights": weights,
-        "aggregation": cfg.train.aggregation,
-        "matmul_peak_flops": matmul_peak,
-        "train_sequences_per_epoch": int(totals["sequences"]),
-        "batches_per_rank_per_epoch": batches_per_rank,
-        "last_epoch_data_wait_fraction_per_rank": wait_per_rank,
-        "train_seconds": time.perf_counter() - started,
-        "history": history,
-        "selected_epoch": best_epoch,
-    }
-
-    model_dir = None
-    if context.is_main:
-        model.load_state_dict(best_state)
-        log.info("keeping the weights of epoch %d (validation HR@%d %.4f)", best_epoch,
-                 VALIDATION_K, best_hit_rate)
-        model_dir = save_checkpoint(model, layout, model_version, layout.vocab_dir, summary)
-        if diagnostics_path.is_file():
-            shutil.move(diagnostics_path, model_dir / DIAGNOSTICS_FILE)
-        shutil.rmtree(diagnostics_path.parent, ignore_errors=True)
-        log.info("saved model %s to %s", model_version, model_dir)
-    # Other ranks wait here, inside the process group timeout, until the checkpoint exists.
-    if context.distributed:
-        dist.barrier()
-    return model_dir
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.profile, args.set, args.conf)
     torch.set_num_threads(cfg.train.num_threads)
 
+    # A group that torchrun restarted after a failure continues from the newest checkpoint.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if args.resume and not args.model_version:
+        raise SystemExit("behaviorgpt.train: --resume needs --model-version, the version "
+                         "whose checkpoints to continue")
+
     context = init_distributed(timedelta(minutes=cfg.train.dist_timeout_minutes))
     setup_logging(context)
+    if restarted and not args.model_version:
+        log.warning("torchrun restarted the group but no --model-version was given, so its "
+                    "checkpoints cannot be found: training a new model version from the start")
+    # Imported here because train_loop imports this module's builders.
+    from behaviorgpt.train_loop import run_training
+
     try:
-        run_training(cfg, context, args.model_version)
+        run_training(cfg, context, args.model_version, resume=args.resume or restarted)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
