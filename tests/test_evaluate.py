@@ -90,7 +90,7 @@ def hand_model(tmp_path):
 
 def test_evaluate_baselines_by_hand(hand_model):
     model_dir, sequences_dir = hand_model
-    metrics = evaluate_leave_one_out(model_dir, sequences_dir, k=10)
+    metrics = evaluate_leave_one_out(model_dir, sequences_dir)
 
     # Recent items: user a's target 11 is third in [10, 12, 11]; b's 22 and c's unknown miss.
     assert metrics["recent_items"]["hr@10"] == pytest.approx(1 / 3)
@@ -107,7 +107,7 @@ def test_evaluate_model_matches_predict_next(hand_model):
     # Evaluation and scoring must rank the same way: score the test prefixes with
     # predict_next and recount the hits.
     model_dir, sequences_dir = hand_model
-    metrics = evaluate_leave_one_out(model_dir, sequences_dir, k=10)
+    metrics = evaluate_leave_one_out(model_dir, sequences_dir)
 
     frame = pd.DataFrame([{**user, **{name: user[name][:-1] for name in
                                       ("item", "category", "event_type", "time_gap",
