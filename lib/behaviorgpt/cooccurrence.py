@@ -11,6 +11,7 @@ event length-3, so the validation and test events (the last two) never enter a c
 
 from __future__ import annotations
 
+import json
 import logging
 
 from pyspark.sql import SparkSession, Window
@@ -29,7 +30,10 @@ def write_cooccurrence(spark: SparkSession, layout: Layout, neighbours: int) -> 
     Pairs that involve a reserved id (the unknown item) are not counted. Ties in the pair
     count are ranked by the lower next-item id first, so a rerun writes the same ranks.
     """
-    shards = spark.read.parquet(str(layout.sequences_dir / "shards")).select("item", "length")
+    # The manifest lists the shards, as for the evaluator, so both read the same files.
+    manifest = json.loads((layout.sequences_dir / "manifest.json").read_text(encoding="utf-8"))
+    paths = [str(layout.sequences_dir / shard["file"]) for shard in manifest["shards"]]
+    shards = spark.read.parquet(*paths).select("item", "length")
 
     # Pair index i covers events i and i + 1 with i + 1 <= length - 3.
     pairs = (shards.where(F.col("length") >= 4)

@@ -227,6 +227,7 @@ def model_ranked_lists(model: BehaviorGPT, sequences: EventSequences, rows: np.n
             probabilities = model.predict_next_event(batch, batch.last_positions) \
                 .item_probabilities
             if exclude_seen:
+                # Seen items sink below every unseen one; `drop_seen` then removes them.
                 # Padding positions hold PAD_ID, a reserved id that never competes anyway.
                 probabilities = probabilities.scatter(1, batch.item, -1.0)
             lists.append(top_real_ids(probabilities, width)[1])
@@ -284,9 +285,8 @@ def evaluate_shard(models: dict[str, LoadedModel], chunks: Iterable[EventSequenc
         # With exclude_seen a list may lose up to a history's worth of items: rank extra ones.
         extra = items.shape[1] if settings.exclude_seen else 0
         for name, loaded in models.items():
-            lists = model_ranked_lists(loaded.model, sequences, rows, width,
-                                       settings.batch_size, settings.exclude_seen)
-            result.add_ranks(name, segments, target_ranks(lists, targets), KS)
+            add(name, model_ranked_lists(loaded.model, sequences, rows, width + extra,
+                                         settings.batch_size, settings.exclude_seen))
         add("most_popular", np.tile(popular[:width + extra], (len(rows), 1)))
         add("recent_items", np.stack([recent_distinct_items(items[row], int(num_inputs[row]),
                                                             width)
