@@ -296,3 +296,12 @@ def test_metric_rows_cover_segments(hand_model):
     assert keyed[("next_item", "ndcg", "all", 50, None)]["is_baseline"] is False
     assert {row["task"] for row in rows} == {"next_item", "purchase", "return",
                                              "category_interest"}
+
+
+def test_evaluate_config_rejects_bad_values():
+    from behaviorgpt.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"evaluate.calibration_bins = 1 is invalid.*>= 2"):
+        load_config("local", ["evaluate.calibration_bins=1"])
+    with pytest.raises(ConfigError, match=r"evaluate.exclude_seen = 'maybe'.*true or false"):
+        load_config("local", ["evaluate.exclude_seen=maybe"])
