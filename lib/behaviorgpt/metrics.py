@@ -64,8 +64,8 @@ class RankSums:
             self.reciprocal_rank[k] += other.reciprocal_rank[k]
 
     def as_dict(self) -> dict[str, float]:
-        """Return `hr@k`, `ndcg@k` and `mrr@k` means over users (0.0 when there is none)."""
-        users = max(self.users, 1)
+        """Return `hr@k`, `ndcg@k` and `mrr@k` means over users (NaN when there is none)."""
+        users = self.users if self.users else float("nan")
         result = {}
         for k in self.ks:
             result[f"hr@{k}"] = self.hits[k] / users
