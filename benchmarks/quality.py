@@ -40,12 +40,20 @@ DATASETS = {
 METHODS = ("model", "single_task", "cooccurrence", "recent_items", "most_popular")
 
 
-def run_dataset(name: str, data_dir: Path, work: Path, extra: list[str]) -> dict:
-    """Run the pipeline on one dataset and return its metrics, timings and load averages."""
+STAGES = ("ingest", "sessionize", "sequences", "train", "evaluate")
+
+
+def run_dataset(name: str, data_dir: Path, work: Path, extra: list[str],
+                first_stage: str = "ingest") -> dict:
+    """Run the pipeline on one dataset and return its metrics, timings and load averages.
+
+    `first_stage` resumes an interrupted run: the earlier stages' outputs under `work` are
+    reused, and the evaluate stage reuses a single-task model that was already trained.
+    """
     spec = DATASETS[name]
     source = data_dir / spec["file"]
     root = work / name
-    stages = ["ingest", "sessionize", "sequences", "train", "evaluate"]
+    stages = STAGES[STAGES.index(first_stage):]
     settings = [*spec["settings"], "evaluate.single_task_baseline=true", *extra]
     arguments = ["--root", str(root), "--date", "2017-12-04", "--input",
                  str(source.parent if name.startswith("movielens") else source)]
@@ -108,12 +116,15 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every dataset, e.g. train.epochs=3")
+    parser.add_argument("--from-stage", default="ingest", choices=STAGES,
+                        help="first stage to run, to resume a run under --work")
     parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("pass --data-dir or set BEHAVIORGPT_DATA_DIR")
 
-    results = [run_dataset(name, Path(args.data_dir), Path(args.work), args.set)
+    results = [run_dataset(name, Path(args.data_dir), Path(args.work), args.set,
+                           args.from_stage)
                for name in args.datasets]
     print(markdown_table(results))
     for result in results:
