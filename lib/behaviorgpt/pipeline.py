@@ -172,6 +172,8 @@ def run_evaluate(context: RunContext) -> dict:
         if settings.single_task_baseline else None
 
     if settings.nproc > 1:
+        # NOTE: tests run `behaviorgpt.evaluate` under torchrun directly; this launch from
+        # the pipeline (evaluate.nproc > 1) is not exercised by any test.
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={settings.nproc}", "-m", "behaviorgpt.evaluate",
                    *_config_arguments(context), "--model-dir", str(model_dir)]
