@@ -90,7 +90,7 @@ def hand_model(tmp_path):
 
 def test_evaluate_baselines_by_hand(hand_model):
     model_dir, sequences_dir = hand_model
-    metrics = evaluate_leave_one_out(model_dir, sequences_dir, k=10)
+    metrics = evaluate_leave_one_out(model_dir, sequences_dir)
 
     # Recent items: user a's target 11 is third in [10, 12, 11]; b's 22 and c's unknown miss.
     assert metrics["recent_items"]["hr@10"] == pytest.approx(1 / 3)
@@ -107,7 +107,7 @@ def test_evaluate_model_matches_predict_next(hand_model):
     # Evaluation and scoring must rank the same way: score the test prefixes with
     # predict_next and recount the hits.
     model_dir, sequences_dir = hand_model
-    metrics = evaluate_leave_one_out(model_dir, sequences_dir, k=10)
+    metrics = evaluate_leave_one_out(model_dir, sequences_dir)
 
     frame = pd.DataFrame([{**user, **{name: user[name][:-1] for name in
                                       ("item", "category", "event_type", "time_gap",
@@ -183,3 +183,125 @@ def test_mean_average_precision_hand_case():
     # row 2 has no positive and is skipped.
     expected = ((1 + 2 / 3) / 2 + 1 / 3) / 2
     assert mean_average_precision(scores, labels) == pytest.approx(expected)
+
+
+def test_rank_sums_by_hand():
+    from behaviorgpt.metrics import RankSums, target_ranks
+
+    lists = np.array([[5, 6, 7], [8, 9, 10], [11, 12, 13], [UNKNOWN_ID, 14, 15]])
+    ranks = target_ranks(lists, np.array([7, 20, 11, UNKNOWN_ID]))
+    sums = RankSums((1, 3))
+    sums.add(ranks)
+    metrics = sums.as_dict()
+
+    assert ranks.tolist() == [2, -1, 0, -1]
+    assert metrics["hr@1"] == pytest.approx(1 / 4)
+    assert metrics["hr@3"] == pytest.approx(2 / 4)
+    assert metrics["mrr@3"] == pytest.approx((1 / 3 + 1) / 4)
+    assert metrics["ndcg@3"] == pytest.approx((0.5 + 1) / 4)
+
+
+def test_recall_and_precision_by_hand():
+    from behaviorgpt.metrics import average_precisions, recall_at_k
+
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4], [0.5, 0.4, 0.3, 0.2]])
+    labels = np.array([[1, 0, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+
+    # Row 0 ranks columns 0, 1, 2, 3: 2 of its 3 positives in the top 2 ... top 3.
+    assert recall_at_k(scores, labels, 2).tolist() == pytest.approx([1 / 3, 0.0])
+    assert recall_at_k(scores, labels, 3).tolist() == pytest.approx([2 / 3, 0.0])
+    assert average_precisions(scores, labels).tolist() == pytest.approx(
+        [(1 + 2 / 3 + 3 / 4) / 3, 1 / 4])
+
+
+def test_binary_head_metrics_by_hand():
+    from behaviorgpt.metrics import binary_head_metrics
+
+    probabilities = np.array([0.05, 0.15, 0.85, 0.95])
+    logits = np.log(probabilities / (1 - probabilities))
+    labels = np.array([0.0, 1.0, 1.0, 1.0])
+
+    head = binary_head_metrics([logits[:2], logits[2:]], [labels[:2], labels[2:]], bins=2)
+
+    # Bin [0, 0.5): mean 0.10, rate 0.5; bin [0.5, 1]: mean 0.90, rate 1.0.
+    assert head["auc"] == pytest.approx(1.0)
+    assert head["ece"] == pytest.approx((2 * 0.4 + 2 * 0.1) / 4)
+    assert [row["count"] for row in head["calibration"]] == [2, 2]
+    assert head["calibration"][0]["observed_rate"] == pytest.approx(0.5)
+    expected_loss = -np.mean(np.log([0.95, 0.15, 0.85, 0.95]))
+    assert head["log_loss"] == pytest.approx(expected_loss)
+
+
+def test_user_segments_by_hand():
+    from behaviorgpt.evaluate import user_segments
+
+    one_session = make_user([10, 11, 12], [4, 4, 4], key="new")
+    two_sessions = make_user([10, 11, 12, 13, 14, 15, 16], [4] * 7, key="back")
+    two_sessions["session_start"] = [1, 0, 0, 1, 0, 0, 0]
+    # The second session starts with the test target itself: still a returning user.
+    target_starts = make_user([10, 11, 12], [4, 4, 4], key="target")
+    target_starts["session_start"] = [1, 0, 1]
+    sequences = EventSequences.from_arrow(
+        pa.Table.from_pylist([one_session, two_sessions, target_starts]), max_len=50)
+
+    segments = user_segments(sequences, np.arange(3))
+
+    assert segments["new_user"].tolist() == [True, False, False]
+    assert segments["returning_user"].tolist() == [False, True, True]
+    assert segments["history_1_4"].tolist() == [True, False, True]
+    assert segments["history_5_19"].tolist() == [False, True, False]
+
+
+def test_drop_seen_and_cooccurrence_lists():
+    from behaviorgpt.baselines import CooccurrenceTable, cooccurrence_lists, drop_seen
+
+    table = CooccurrenceTable(previous_items=np.array([10, 10, 11]),
+                              next_items=np.array([12, 13, 10]))
+    popular = np.array([13, 14, 15])
+    lists = cooccurrence_lists(table, np.array([10, 20]), popular, width=4)
+
+    # Item 10's neighbours, then popular items not already listed; item 20 has none.
+    assert lists.tolist() == [[12, 13, 14, 15], [13, 14, 15, PAD_ID]]
+    histories = np.array([[12, PAD_ID], [15, 14]])
+    assert drop_seen(lists, histories, width=2).tolist() == [[13, 14], [13, PAD_ID]]
+
+
+def test_exclude_seen_makes_seen_target_a_miss(hand_model):
+    from behaviorgpt.config import EvaluateConfig
+
+    model_dir, sequences_dir = hand_model
+    metrics = evaluate_leave_one_out(model_dir, sequences_dir,
+                                     settings=EvaluateConfig(exclude_seen=True))
+
+    # User a's target 11 is in its history and c's is unknown, so both miss; b's new item 22
+    # is still ranked, and the 36 real items all fit in a top 50.
+    assert metrics["model"]["hr@50"] == pytest.approx(1 / 3)
+    assert metrics["most_popular"]["hr@50"] == pytest.approx(1 / 3)
+    assert metrics["recent_items"]["hr@50"] == 0.0
+    assert metrics["exclude_seen"] is True
+
+
+def test_metric_rows_cover_segments(hand_model):
+    from behaviorgpt.evaluate import metric_rows
+
+    model_dir, sequences_dir = hand_model
+    metrics = evaluate_leave_one_out(model_dir, sequences_dir)
+    rows = metric_rows(metrics)
+    keyed = {(row["task"], row["metric"], row["segment"], row["k"], row["baseline"]): row
+             for row in rows}
+
+    assert len(keyed) == len(rows)
+    assert keyed[("next_item", "hr", "all", 10, "recent_items")]["value"] == pytest.approx(1 / 3)
+    assert keyed[("next_item", "users", "new_user", None, None)]["value"] == 3
+    assert keyed[("next_item", "ndcg", "all", 50, None)]["is_baseline"] is False
+    assert {row["task"] for row in rows} == {"next_item", "purchase", "return",
+                                             "category_interest"}
+
+
+def test_evaluate_config_rejects_bad_values():
+    from behaviorgpt.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"evaluate.calibration_bins = 1 is invalid.*>= 2"):
+        load_config("local", ["evaluate.calibration_bins=1"])
+    with pytest.raises(ConfigError, match=r"evaluate.exclude_seen = 'maybe'.*true or false"):
+        load_config("local", ["evaluate.exclude_seen=maybe"])

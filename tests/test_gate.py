@@ -52,8 +52,8 @@ def models(tmp_path_factory, monkeypatch_module):
     save_checkpoint(BehaviorGPT(trained_model.config), layout, "untrained", layout.vocab_dir,
                     {"epochs": 0})
 
-    scores = {version: evaluate_leave_one_out(layout.model_dir(version), layout.sequences_dir,
-                                              k=10)["model"]["ndcg@10"]
+    scores = {version: evaluate_leave_one_out(layout.model_dir(version),
+                                              layout.sequences_dir)["model"]["ndcg@10"]
               for version in ("trained", "untrained")}
     layout.candidate_model_file.unlink()
     return layout, scores

@@ -66,6 +66,8 @@ MODEL_METRICS_SCHEMA = pa.schema([
     ("model_version", pa.string()),
     ("task", pa.string()),
     ("metric", pa.string()),
+    ("segment", pa.string()),
+    ("k", pa.int32()),
     ("value", pa.float64()),
     ("is_baseline", pa.bool_()),
 ])
@@ -121,10 +123,13 @@ def analyst_warehouse(tmp_path_factory) -> Path:
                  INGEST_RUNS_SCHEMA, delta / "ingest_runs")
     metric_rows = [
         {"run_id": f"2017-12-0{day}-020000", "run_date": dt.date(2017, 12, day),
-         "model_version": MODEL_VERSION, "task": "next_item", "metric": "hr@10",
-         "value": value, "is_baseline": baseline}
-        for day, value, baseline in ((3, 0.40, False), (4, 0.43, False), (3, 0.29, True),
-                                     (4, 0.29, True))]
+         "model_version": MODEL_VERSION, "task": "next_item", "metric": metric,
+         "segment": segment, "k": 10, "value": value, "is_baseline": baseline}
+        for day, metric, segment, value, baseline in (
+            (3, "hr", "all", 0.40, False), (4, "hr", "all", 0.43, False),
+            (3, "hr", "all", 0.29, True), (4, "hr", "all", 0.29, True),
+            # Segment rows and counts stay out of the chart.
+            (3, "hr", "new_user", 0.10, False), (3, "users", "all", 7.0, False))]
     _write_delta(pd.DataFrame(metric_rows), MODEL_METRICS_SCHEMA, delta / "model_metrics")
     reasons = ["malformed_row"] * 4 + ["missing_id"] * 2 + ["unknown_event_type"]
     _write_delta(pd.DataFrame({"reason": reasons}), QUARANTINE_SCHEMA, delta / "quarantine")
@@ -227,9 +232,10 @@ def test_notebook_runs_on_warehouse(name, analyst_warehouse, kernel_spec_manager
     else:
         assert "purchase_propensity is empty" in text
     if DeltaTable.is_deltatable(str(metrics_path)):
-        model_rows = DeltaTable(str(metrics_path)).to_pandas().query("not is_baseline")
+        model_rows = DeltaTable(str(metrics_path)).to_pandas().query(
+            "not is_baseline and segment == 'all' and metric not in ('users', 'cutoffs')")
         nights = model_rows["run_date"].nunique()
-        series = len(model_rows[["task", "metric"]].drop_duplicates())
+        series = len(model_rows[["task", "metric", "k"]].drop_duplicates())
         assert f"model_metrics: {nights} nights, {series} task metrics" in text
     else:
         assert "model_metrics table not found" in text

@@ -97,7 +97,7 @@ def test_ranks_with_unequal_shards_finish(trained):
 
 def test_trained_model_beats_most_popular(trained):
     layout, _, _ = trained
-    metrics = evaluate_leave_one_out(layout.model_dir("ddp-test"), layout.sequences_dir, k=10)
+    metrics = evaluate_leave_one_out(layout.model_dir("ddp-test"), layout.sequences_dir)
 
     assert metrics["users"] == sum(SHARD_SIZES)
     assert metrics["model"]["hr@10"] > metrics["most_popular"]["hr@10"] + 0.1

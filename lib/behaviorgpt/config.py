@@ -260,6 +260,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    exclude_seen: bool = _option(
+        False, "Drop each user's already-seen items from every method's ranking; a target the "
+        "user has seen then counts as a miss. Off by default because re-engaging with seen "
+        "items is a large share of next events in shop logs, which the copy head predicts.")
+    single_task_baseline: bool = _option(
+        False, "Also train a next_item-only model (same config otherwise) and score it as the "
+        "single_task baseline; doubles the training time of a run.")
+    nproc: int = _option(
+        1, "Evaluation processes started by torchrun (gloo); each scores its own shards.",
+        minimum=1)
+    batch_size: int = _option(256, "Users per model forward pass.", minimum=1)
+    num_threads: int = _option(1, "torch intra-op threads per evaluation process.", minimum=1)
+    calibration_bins: int = _option(
+        10, "Equal-width probability bins of the calibration tables of the purchase and "
+        "return heads.", minimum=2, maximum=100)
+    cooccurrence_neighbours: int = _option(
+        100, "Most frequent next items kept per previous item in the co-occurrence baseline "
+        "table; lists are filled up with the most popular items.", minimum=1, maximum=10000)
+
+
+@dataclass(frozen=True, kw_only=True)
 class QualityGateConfig:
     enabled: bool = _option(
         True, "Judge each new model before scoring uses it; false promotes every new model.")
@@ -330,6 +352,7 @@ class PipelineConfig:
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     quality_gate: QualityGateConfig = field(default_factory=QualityGateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

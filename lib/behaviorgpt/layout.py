@@ -20,6 +20,16 @@ SESSIONS_TABLE = "sessions"
 PROFILES_TABLE = "user_interest_profiles"
 PIPELINE_RUNS_TABLE = "pipeline_runs"
 PROFILES_HISTORY_TABLE = "user_interest_profiles_history"
+MODEL_METRICS_TABLE = "model_metrics"
+
+MODEL_METRICS_COLUMNS = (
+    ("run_id", "string"), ("run_date", "date"), ("model_version", "string"),
+    ("task", "string"), ("metric", "string"), ("segment", "string"), ("k", "int"),
+    ("value", "double"), ("is_baseline", "boolean"), ("baseline", "string"),
+    ("evaluated_at", "timestamp"),
+)
+"""(column, Spark SQL type) of `model_metrics`, one row per run, method, metric, segment and
+cutoff; documented in docs/tables.md. `tables.write_model_metrics` builds the schema."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,18 @@ class Layout:
     def vocab_dir(self) -> Path:
         """Vocabulary Parquet files plus `manifest.json`, written beside the sequences."""
         return self.root / "sequences" / "vocab"
+
+    @property
+    def cooccurrence_dir(self) -> Path:
+        """Parquet folder of the co-occurrence baseline's neighbour counts, rebuilt by each
+        evaluation from the current sequences' training positions."""
+        return self.root / "evaluation" / "cooccurrence"
+
+    @property
+    def baseline_models_dir(self) -> Path:
+        """Root of the single-task baseline's own layout: its `models/` folder and pointers
+        stay apart from the served ones, and `sequences` links to the run's sequences."""
+        return self.root / "evaluation" / "baseline"
 
     @property
     def models_dir(self) -> Path:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from behaviorgpt.config import PipelineConfig
-from behaviorgpt.layout import (EVENTS_TABLE, PROFILES_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE,
-                                Layout)
+from behaviorgpt.layout import (EVENTS_TABLE, MODEL_METRICS_TABLE, PROFILES_TABLE,
+                                QUARANTINE_TABLE, SESSIONS_TABLE, Layout)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ STAGE_TABLES = {
     "sessionize": ((EVENTS_TABLE,), (SESSIONS_TABLE,)),
     "sequences": ((SESSIONS_TABLE,), ()),
     "train": ((), ()),
-    "evaluate": ((), ()),
+    "evaluate": ((), (MODEL_METRICS_TABLE,)),
     "gate": ((), ()),
     "score": ((), (PROFILES_TABLE,)),
 }
@@ -216,13 +216,97 @@ def _train_with_spark(context: RunContext, arguments: list[str]) -> None:
 
 
 def run_evaluate(context: RunContext) -> dict:
-    """Write `metrics.json` of the candidate model (the serving one when no candidate exists)."""
-    from behaviorgpt.evaluate import evaluate_leave_one_out
+    """Evaluate the candidate model (the serving one when no candidate exists) and its baselines.
+
+    Writes the model folder's `metrics.json` (read by the quality gate) and replaces this
+    run's rows of the `model_metrics` Delta table. The co-occurrence table is counted in Spark
+    first; with `evaluate.single_task_baseline` a next_item-only model is trained as well.
+    """
+    from behaviorgpt.cooccurrence import write_cooccurrence
+    from behaviorgpt.evaluate import METRICS_FILE, metric_rows
+    from behaviorgpt.tables import write_model_metrics
 
     layout = context.layout
+    settings = context.config.evaluate
     has_candidate = layout.pointed_version(layout.candidate_model_file) is not None
     model_dir = layout.candidate_model_dir() if has_candidate else layout.latest_model_dir()
-    return evaluate_leave_one_out(model_dir, layout.sequences_dir, k=10)
+
+    write_cooccurrence(context.get_spark(), layout, settings.cooccurrence_neighbours)
+    single_task_dir = train_single_task(context, model_dir.name) \
+        if settings.single_task_baseline else None
+
+    if settings.nproc > 1:
+        # NOTE: tests run `behaviorgpt.evaluate` under torchrun directly; this launch from
+        # the pipeline (evaluate.nproc > 1) is not exercised by any test.
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={settings.nproc}", "-m", "behaviorgpt.evaluate",
+                   *_config_arguments(context), "--model-dir", str(model_dir)]
+        if single_task_dir is not None:
+            command += ["--single-task-dir", str(single_task_dir)]
+        log.info("evaluating: %s", " ".join(command))
+        subprocess.run(command, check=True, env=_child_environment())
+        metrics = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    else:
+        import torch
+
+        from behaviorgpt.evaluate import evaluate_leave_one_out
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(settings.num_threads)
+        try:
+            metrics = evaluate_leave_one_out(
+                model_dir, layout.sequences_dir, settings=settings,
+                cooccurrence_path=layout.cooccurrence_dir, single_task_dir=single_task_dir,
+                window_events=context.config.train.window_events,
+                return_days=context.config.train.return_days)
+        finally:
+            torch.set_num_threads(threads)
+
+    written = write_model_metrics(context.get_spark(), layout, metric_rows(metrics),
+                                  run_id=context.run_id, run_date=context.run_date,
+                                  evaluated_at=dt.datetime.now(dt.timezone.utc))
+    log.info("evaluate: model %s NDCG@10 %.4f on %d users; %d rows in model_metrics",
+             metrics["model_version"], metrics["model"]["ndcg@10"], metrics["users"], written)
+    return metrics
+
+
+SINGLE_TASK_WEIGHTS = "{next_item: 1.0, next_category: 0, next_event_type: 0, " \
+    "category_interest: 0, purchase: 0, return: 0}"
+"""`train.task_weights` of the single-task baseline: next_item alone, the rest of the config
+as the run's."""
+
+
+def train_single_task(context: RunContext, model_version: str) -> Path:
+    """Train the next_item-only baseline for `model_version` and return its folder.
+
+    It runs the same training entry point with `train.task_weights` overridden, under
+    `layout.baseline_models_dir`, whose `sequences` links to the run's sequences. So its
+    checkpoint and pointer files never touch the served `models/` folder. A folder left by an
+    earlier attempt of the same model version is reused, so a rerun trains nothing.
+    """
+    from behaviorgpt.checkpoint import WEIGHTS_FILE
+
+    layout = context.layout
+    baseline = Layout.from_root(layout.baseline_models_dir)
+    version = f"{model_version}-single_task"
+    if (baseline.model_dir(version) / WEIGHTS_FILE).is_file():
+        log.info("single-task baseline %s exists; reusing it", version)
+        return baseline.model_dir(version)
+
+    baseline.root.mkdir(parents=True, exist_ok=True)
+    link = baseline.sequences_dir
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(layout.sequences_dir, target_is_directory=True)
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={context.config.train.nproc}", "-m", "behaviorgpt.train",
+               *_config_arguments(context), "--set", f"paths.root={baseline.root}",
+               "--set", f"train.task_weights={SINGLE_TASK_WEIGHTS}",
+               "--set", "train.warm_start=false", "--model-version", version]
+    log.info("training the single-task baseline: %s", " ".join(command))
+    subprocess.run(command, check=True, env=_child_environment())
+    return baseline.model_dir(version)
 
 
 def run_gate(context: RunContext) -> dict:

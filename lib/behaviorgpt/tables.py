@@ -7,6 +7,7 @@ by an explicit `replaceWhere` predicate. Column layouts are documented in `docs/
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import re
@@ -24,7 +25,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from behaviorgpt.layout import Layout
+from behaviorgpt.layout import MODEL_METRICS_COLUMNS, MODEL_METRICS_TABLE, Layout
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +209,28 @@ def register_table(spark: SparkSession, layout: Layout, name: str, database: str
     spark.sql(f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA "
               f"LOCATION '{location}'")
     return f"{database}.{name}"
+
+
+def model_metrics_schema() -> str:
+    """Spark DDL schema of `model_metrics`, built from `layout.MODEL_METRICS_COLUMNS`."""
+    return ", ".join(f"{name} {kind}" for name, kind in MODEL_METRICS_COLUMNS)
+
+
+def write_model_metrics(spark: SparkSession, layout: Layout, rows: list[dict], *, run_id: str,
+                        run_date: str, evaluated_at: datetime.datetime) -> int:
+    """Replace the `model_metrics` rows of `run_id` with `rows`; return the rows written.
+
+    `rows` come from `evaluate.metric_rows` (a few hundred per run, built on the driver: they
+    are aggregates, not per-user data). The replacement is one Delta commit with a
+    `replaceWhere` on run_id, so a rerun of the same run never duplicates rows and readers see
+    either the old rows or the new ones. Other runs' rows are untouched.
+    """
+    run_id_literal = run_id.replace("'", "''")
+    stamped = [{**row, "run_id": run_id, "run_date": datetime.date.fromisoformat(run_date),
+                "evaluated_at": evaluated_at} for row in rows]
+    names = [name for name, _ in MODEL_METRICS_COLUMNS]
+    frame = spark.createDataFrame([tuple(row[name] for name in names) for row in stamped],
+                                  model_metrics_schema())
+    write_table(frame, layout, MODEL_METRICS_TABLE, partition_by=["run_date"],
+                replace_where=f"run_id = '{run_id_literal}'")
+    return len(stamped)
