@@ -7,6 +7,7 @@ import logging
 import sys
 
 from behaviorgpt.config import ConfigError, load_config
+from behaviorgpt.errors import CorruptFileError
 from behaviorgpt.pipeline import STAGES, RunContext, describe, run_stages
 
 log = logging.getLogger("behaviorgpt")
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(context, stages))
         return 0
 
-    run_stages(context, stages, command=arguments.command)
+    try:
+        run_stages(context, stages, command=arguments.command)
+    except (CorruptFileError, ConfigError) as error:
+        # The message names the file or key and the fix; a stack trace would bury it.
+        print(f"behaviorgpt: error: {error}", file=sys.stderr)
+        return 1
     if arguments.command in ("run", "score"):
         print_summary(context)
     return 0

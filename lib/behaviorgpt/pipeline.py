@@ -146,6 +146,7 @@ def run_train(context: RunContext) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={context.config.train.nproc}",
                "-m", "behaviorgpt.train", *_config_arguments(context)]
+    check_shard_files(context.layout, "examples")
     log.info("training: %s", " ".join(command))
     subprocess.run(command, check=True, env=_child_environment())
     return str(context.layout.candidate_model_dir())
@@ -158,6 +159,7 @@ def run_evaluate(context: RunContext) -> dict:
     layout = context.layout
     has_candidate = layout.pointed_version(layout.candidate_model_file) is not None
     model_dir = layout.candidate_model_dir() if has_candidate else layout.latest_model_dir()
+    check_shard_files(layout, "shards")
     return evaluate_leave_one_out(model_dir, layout.sequences_dir, k=10)
 
 
@@ -186,6 +188,8 @@ def run_score(context: RunContext) -> str:
     spark = context.get_spark()
     layout = context.layout
     model_dir = layout.latest_model_dir()
+    check_model_folder(model_dir)
+    check_shard_files(layout, "shards")
     sequences = spark.read.parquet(str(layout.sequences_dir / "shards"))
 
     # After the gate kept an older model, tonight's token ids mean other items to that model.
@@ -207,6 +211,25 @@ def run_score(context: RunContext) -> str:
     log.info("score: %d users scored (%s)", written.users_scored,
              "full rescore" if settings.full_rescore else "incremental")
     return str(context.layout.table(PROFILES_TABLE))
+
+
+def check_shard_files(layout: Layout, kind: str) -> None:
+    """Raise CorruptFileError before a stage starts when a Parquet file it reads is damaged.
+
+    `kind` is `shards` (the token sequences) or `examples` (the training examples). Checking
+    on the driver turns a damaged file into one clear error, instead of a failure deep inside
+    a torchrun child or a Spark task.
+    """
+    from behaviorgpt.errors import check_parquet_files
+
+    check_parquet_files(sorted((layout.sequences_dir / kind).rglob("*.parquet")))
+
+
+def check_model_folder(model_dir: Path) -> None:
+    """Load the model once on the driver, so a damaged model folder fails before Spark tasks do."""
+    from behaviorgpt.checkpoint import load_checkpoint
+
+    load_checkpoint(model_dir)
 
 
 STAGE_FUNCTIONS = {

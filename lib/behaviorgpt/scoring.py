@@ -31,6 +31,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from behaviorgpt.config import ScoreConfig
+from behaviorgpt.errors import MODEL_FIX, CorruptFileError
 from behaviorgpt.layout import PROFILES_HISTORY_TABLE, PROFILES_TABLE, Layout
 from behaviorgpt.tables import (deduplicate, merge_table, read_table, register_table,
                                 retry_commit_conflicts, write_table)
@@ -190,8 +191,16 @@ def write_profiles(spark: SparkSession, profiles: DataFrame, layout: Layout, *, 
 
 
 def read_model_version(model_dir: Path) -> str:
+    """Return the model version named in a model folder's `model_config.json`.
+
+    Raises CorruptFileError naming the file when it is not JSON with a `model_version`.
+    """
     config_path = Path(model_dir) / "model_config.json"
-    return json.loads(config_path.read_text(encoding="utf-8"))["model_version"]
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))["model_version"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CorruptFileError(config_path, f"no readable model_version ({error!r})",
+                               MODEL_FIX) from None
 
 
 def _output_frame(frame: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
