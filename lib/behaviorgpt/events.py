@@ -28,7 +28,7 @@ from behaviorgpt.config import IngestConfig
 from behaviorgpt.formats import (MAX_ID_LENGTH, TIME_IN_MILLISECONDS, UNPARSEABLE_TIME,
                                  parse_source, source_spec)
 from behaviorgpt.layout import EVENTS_TABLE, QUARANTINE_TABLE, Layout
-from behaviorgpt.privacy import pseudonymize_column
+from behaviorgpt.privacy import pseudonymize_column, redact_raw_line
 from behaviorgpt.tables import write_table
 from behaviorgpt.tokens import EVENT_TYPES
 
@@ -160,8 +160,12 @@ def classify(parsed: DataFrame, *, key: bytes, earliest_us: int, latest_us: int)
         time_us.cast("string"), F.coalesce(F.col("value").cast("string"), F.lit("")),
         F.coalesce("session_key", F.lit(""))), 256)
 
+    # The raw line goes to quarantine only, and never with the raw user or session id.
+    raw_line = redact_raw_line(
+        F.col("raw_line"), [F.col("user_id"), F.col("session_key")], key=key,
+        parsed=~F.col("malformed") | F.col("user_id").isNotNull())
     return parsed.select(
-        "raw_line", "source_file", reason.alias("reason"),
+        raw_line.alias("raw_line"), "source_file", reason.alias("reason"),
         event_id.alias("event_id"),
         user_key.alias("user_key"),
         "item_id", "category_id", "event_type",
