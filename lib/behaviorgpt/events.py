@@ -31,6 +31,7 @@ from behaviorgpt.layout import EVENTS_TABLE, QUARANTINE_TABLE, Layout
 from behaviorgpt.privacy import pseudonymize_column, redact_raw_line
 from behaviorgpt.tables import write_table
 from behaviorgpt.tokens import EVENT_TYPES
+from behaviorgpt.validation import sql_date
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,12 @@ def ingest_events(spark: SparkSession, input_path: str, layout: Layout, *,
     stats = _count(classified, unique)
     if settings.scope == "run_date":
         write_table(events, layout, EVENTS_TABLE, partition_by=["event_date"],
-                    replace_where=f"event_date = DATE'{run_date}'")
+                    replace_where=f"event_date = {sql_date(run_date, 'run_date')}")
     else:
         write_table(events, layout, EVENTS_TABLE, partition_by=["event_date"],
                     overwrite_partitions=True)
     write_table(quarantine, layout, QUARANTINE_TABLE, partition_by=["run_date"],
-                replace_where=f"run_date = DATE'{run_date}'")
+                replace_where=f"run_date = {sql_date(run_date, 'run_date')}")
     _write_stats(spark, layout, stats, input_path=input_path, run_id=run_id, run_date=run_date)
 
     unique.unpersist()
@@ -231,4 +232,5 @@ def _write_stats(spark: SparkSession, layout: Layout, stats: IngestStats, *, inp
         "run_id string, source string, lines_read long, accepted long, quarantined long, "
         "duplicates long, other_dates long",
     ).withColumn("run_date", F.to_date(F.lit(run_date)))
-    write_table(frame, layout, INGEST_RUNS_TABLE, replace_where=f"run_date = DATE'{run_date}'")
+    write_table(frame, layout, INGEST_RUNS_TABLE,
+                replace_where=f"run_date = {sql_date(run_date, 'run_date')}")

@@ -36,6 +36,7 @@ from behaviorgpt.layout import PROFILES_HISTORY_TABLE, PROFILES_TABLE, Layout
 from behaviorgpt.tables import (deduplicate, merge_table, read_table, register_table,
                                 retry_commit_conflicts, write_table)
 from behaviorgpt.tokens import EVENT_TYPES
+from behaviorgpt.validation import sql_date
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def write_profiles(spark: SparkSession, profiles: DataFrame, layout: Layout, *, 
                 .join(scored.select("user_key"), "user_key", "left_anti"))
         rows = scored.unionByName(kept)
         write_table(rows, layout, PROFILES_HISTORY_TABLE, partition_by=["run_date"],
-                    replace_where=f"run_date = DATE'{day.isoformat()}'")
+                    replace_where=f"run_date = {sql_date(day.isoformat(), 'run_date')}")
 
     _, history_attempts = retry_commit_conflicts(
         replace_history, table=PROFILES_HISTORY_TABLE, attempts=settings.commit_attempts,
