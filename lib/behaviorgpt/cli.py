@@ -22,6 +22,9 @@ STAGE_HELP = {
     "score": "write user_interest_profiles with the serving model (models/LATEST)",
 }
 
+MAINTENANCE_HELP = ("delete rows older than retention.days before --date from the tables "
+                    "that hold user data, then run Delta VACUUM (not part of `run`)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", parents=[common], help="run every stage in order")
     for stage in STAGES:
         commands.add_parser(stage, parents=[common], help=STAGE_HELP[stage])
+    commands.add_parser("maintain", parents=[common], help=MAINTENANCE_HELP)
     return parser
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from behaviorgpt.config import PipelineConfig
-from behaviorgpt.layout import (EVENTS_TABLE, PROFILES_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE,
-                                Layout)
+from behaviorgpt.layout import (EVENTS_TABLE, PROFILES_HISTORY_TABLE, PROFILES_TABLE,
+                                QUARANTINE_TABLE, SESSIONS_TABLE, Layout)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ STAGE_TABLES = {
     "evaluate": ((), ()),
     "gate": ((), ()),
     "score": ((), (PROFILES_TABLE,)),
+    "maintain": ((), (EVENTS_TABLE, SESSIONS_TABLE, QUARANTINE_TABLE, PROFILES_TABLE,
+                      PROFILES_HISTORY_TABLE)),
 }
 """Delta tables each stage reads and writes, as (read, written); `pipeline_runs` records their
 versions. The torch stages read Parquet shards and model folders, recorded as model versions."""
@@ -119,12 +121,14 @@ def run_sessionize(context: RunContext):
 
 
 def run_sequences(context: RunContext):
+    from behaviorgpt.retention import within_retention
     from behaviorgpt.sequences import build_sequences, example_settings
     from behaviorgpt.tables import read_table
 
     spark = context.get_spark()
     settings = context.config.sequences
-    sessions = read_table(spark, context.layout, SESSIONS_TABLE)
+    sessions = within_retention(read_table(spark, context.layout, SESSIONS_TABLE),
+                                context.run_date, context.config.retention.days)
     return build_sequences(spark, sessions, context.layout, max_len=settings.max_len,
                            min_item_count=settings.min_item_count,
                            num_shards=settings.num_shards, oov_buckets=settings.oov_buckets,
@@ -232,6 +236,18 @@ def check_model_folder(model_dir: Path) -> None:
     load_checkpoint(model_dir)
 
 
+def run_maintain(context: RunContext) -> dict:
+    """Delete rows older than `retention.days` and VACUUM the tables (`behaviorgpt maintain`).
+
+    Not part of `run`: the operator schedules it, for example weekly. Returns the rows
+    deleted per table.
+    """
+    from behaviorgpt.retention import apply_retention
+
+    return apply_retention(context.get_spark(), context.layout, context.run_date,
+                           context.config.retention)
+
+
 STAGE_FUNCTIONS = {
     "ingest": run_ingest,
     "sessionize": run_sessionize,
@@ -240,6 +256,7 @@ STAGE_FUNCTIONS = {
     "evaluate": run_evaluate,
     "gate": run_gate,
     "score": run_score,
+    "maintain": run_maintain,
 }
 
 
