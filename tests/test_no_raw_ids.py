@@ -128,8 +128,12 @@ def scan_outputs(root: Path) -> tuple[dict[str, set[str]], dict[str, set[str]], 
             if names & USER_COLUMN_NAMES:
                 user_columns[name] = names & USER_COLUMN_NAMES
         elif path.suffix in TEXT_SUFFIXES:
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                found.update(string_tokens(line))
+            text = path.read_text(encoding="utf-8", errors="replace")
+            try:
+                found.update(json_tokens(json.loads(text)))
+            except ValueError:  # JSON lines (Delta commits, diagnostics) or plain text
+                for line in text.splitlines():
+                    found.update(string_tokens(line))
         else:
             continue
         scanned += 1
@@ -167,7 +171,7 @@ def test_scan_finds_planted_ids(tmp_path):
         "config_json": ['{"input": "ids 31337", "count": 555}'],
     })
     pq.write_table(nested, tmp_path / "part-0.parquet")
-    (tmp_path / "model_config.json").write_text('{"owner": "7777", "steps": 8888}')
+    (tmp_path / "model_config.json").write_text('{\n  "owner": "7777",\n  "steps": 8888\n}')
 
     tokens, _, scanned = scan_outputs(tmp_path)
     found = set().union(*tokens.values())
