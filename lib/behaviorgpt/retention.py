@@ -3,8 +3,8 @@
 Two parts. `within_retention` leaves old events out of the sessions that feed the training
 sequences, so a model never learns from them. `apply_retention`, run by `behaviorgpt
 maintain`, deletes old rows from the Delta tables that hold per-user data and then runs
-Delta VACUUM, because a Delta DELETE only writes new files without the rows: the old files,
-rows included, stay readable by time travel until VACUUM removes them.
+Delta VACUUM. VACUUM is needed because a Delta DELETE only writes new files without the
+rows. The old files, rows included, stay readable by time travel until VACUUM removes them.
 """
 
 from __future__ import annotations

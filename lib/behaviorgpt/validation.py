@@ -25,8 +25,8 @@ value cannot end the literal. Airflow's run ids, such as
 `scheduled__2017-12-02T00:00:00+00:00`, qualify."""
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}")
-"""Run ids, commands and model versions: no quote, slash, backslash or space, and no leading
-dot, so a name is neither SQL syntax nor a relative path such as `..`."""
+"""Model versions, from the command line or a pointer file: no quote, slash, backslash or
+space, and no leading dot, so a name is neither SQL syntax nor a relative path such as `..`."""
 
 
 def _invalid(key: str, value: object, reason: str, fix: str) -> ConfigError:
@@ -48,7 +48,7 @@ def quote_identifier(value: str, key: str) -> str:
 
 
 def check_name(value: str, key: str) -> str:
-    """Return `value` if it is a safe run id, command or model version (`NAME`)."""
+    """Return `value` if it is a safe model version (`NAME`); raise ConfigError if not."""
     if not isinstance(value, str) or not NAME.fullmatch(value) or ".." in value:
         raise _invalid(key, value, "expected letters, digits and . _ : + - (no '..', no "
                        "leading dot, at most 200 characters)",
