@@ -55,26 +55,19 @@ def assert_names_file(error: pytest.ExceptionInfo, path) -> None:
 
 
 @pytest.mark.parametrize("damage", [truncate, garble])
-def test_damaged_weights_named(model_root, damage):
+@pytest.mark.parametrize(("name", "problem"), [
+    (WEIGHTS_FILE, "only safetensors weights are loaded"),
+    (CONFIG_FILE, "not valid JSON"),
+])
+def test_damaged_model_file_named(model_root, damage, name, problem):
     _, model_dir = model_root
-    damage(model_dir / WEIGHTS_FILE)
+    damage(model_dir / name)
 
     with pytest.raises(CorruptFileError) as error:
         load_checkpoint(model_dir)
 
-    assert_names_file(error, model_dir / WEIGHTS_FILE)
-    assert "only safetensors weights are loaded" in str(error.value)
-
-
-@pytest.mark.parametrize("damage", [truncate, garble])
-def test_damaged_model_config_named(model_root, damage):
-    _, model_dir = model_root
-    damage(model_dir / CONFIG_FILE)
-
-    with pytest.raises(CorruptFileError) as error:
-        load_checkpoint(model_dir)
-
-    assert_names_file(error, model_dir / CONFIG_FILE)
+    assert_names_file(error, model_dir / name)
+    assert problem in str(error.value)
 
 
 def test_mismatched_weights_named(model_root, tmp_path):
