@@ -9,7 +9,7 @@ import pytest
 
 from behaviorgpt.config import ConfigError
 from behaviorgpt.layout import Layout
-from behaviorgpt.validation import quote_identifier, sql_date, sql_string
+from behaviorgpt.validation import quote_identifier, sql_date, sql_path, sql_string
 
 
 def assert_names(error: pytest.ExceptionInfo, key: str, value: str) -> None:
@@ -53,6 +53,14 @@ def test_identifier_rejects(value, tmp_path):
 
     assert_names(quoted, "merge key", value)
     assert_names(table, "table name", value)
+
+
+@pytest.mark.parametrize("path", ["/data/it's", "C:\\data"])
+def test_sql_path_rejects(path):
+    with pytest.raises(ConfigError) as error:
+        sql_path(path, "paths.root")
+
+    assert_names(error, "paths.root", path)
 
 
 @pytest.mark.parametrize("version", ["../outside", "..", ".hidden", "a/b", "v1 ; rm"])

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from behaviorgpt.layout import Layout
-from behaviorgpt.validation import check_identifier, quote_identifier
+from behaviorgpt.validation import check_identifier, quote_identifier, sql_path
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +192,12 @@ def register_table(spark: SparkSession, layout: Layout, name: str, database: str
     exists is kept even when it points at another root, so one catalog database should serve
     one `paths.root`.
     """
-    check_catalog_name(database)
-    check_catalog_name(name, "table name")
-    location = str(layout.table(name))
-    database_dir = str(layout.catalog_database_dir(database))
-    for path in (location, database_dir):
-        if "'" in path or "\\" in path:
-            raise ValueError(f"path {path!r} contains a quote or backslash, which cannot be "
-                             f"registered in the catalog safely. Fix: choose another paths.root")
+    database_name = quote_identifier(database, "score.database")
+    table_name = quote_identifier(name, "table name")
+    location = sql_path(layout.table(name), "paths.root")
+    database_dir = sql_path(layout.catalog_database_dir(database), "paths.root")
 
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}` LOCATION '{database_dir}'")
-    spark.sql(f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA "
-              f"LOCATION '{location}'")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database_name} LOCATION {database_dir}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {database_name}.{table_name} USING DELTA "
+              f"LOCATION {location}")
     return f"{database}.{name}"

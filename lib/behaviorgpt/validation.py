@@ -76,6 +76,18 @@ def sql_date(value: str, key: str) -> str:
     return f"DATE'{day.isoformat()}'"
 
 
+def sql_path(path: str | Path, key: str) -> str:
+    """Return a path as a SQL string literal; raise ConfigError if it has a quote or backslash.
+
+    Such a path cannot be written safely inside a LOCATION clause.
+    """
+    text = str(path)
+    if "'" in text or "\\" in text:
+        raise _invalid(key, text, "the path contains a quote or backslash, which cannot be "
+                       "written into SQL safely", f"choose another {key}")
+    return f"'{text}'"
+
+
 def check_inside(path: Path, root: Path, key: str) -> Path:
     """Return `path` resolved, if it lies inside `root` after resolving `..` and symlinks.
 
