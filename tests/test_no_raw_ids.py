@@ -37,6 +37,12 @@ USER_COLUMN_NAMES = {"user_id", "userid", "visitorid", "session", "session_id", 
 
 TEXT_SUFFIXES = {".json", ".jsonl", ".crc", ".txt", ""}
 
+SKIPPED_JSON_KEYS = {"operationMetrics"}
+"""Delta commit metrics: row counts, byte sizes and timings, which Delta stores as strings."""
+
+EXPRESSION_ID = re.compile(r"#\d+")
+"""Spark expression ids in the predicates of Delta commits, such as `run_date#123`."""
+
 
 def input_ids(path: Path) -> tuple[set[str], set[str]]:
     """Return (user ids, every other field value) of a Taobao-format CSV log."""
@@ -59,6 +65,7 @@ def string_tokens(text: str) -> Iterator[str]:
             return
         except ValueError:
             pass
+    text = EXPRESSION_ID.sub("", text)
     yield from (token for token in TOKEN_SEPARATOR.split(text) if token)
 
 
@@ -69,7 +76,8 @@ def json_tokens(value) -> Iterator[str]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from string_tokens(key)
-            yield from json_tokens(item)
+            if key not in SKIPPED_JSON_KEYS:
+                yield from json_tokens(item)
     elif isinstance(value, list):
         for item in value:
             yield from json_tokens(item)
