@@ -10,7 +10,9 @@ A raw id counts as found when it is a whole token of a string value: tokens are 
 letters, digits, `_`, `.` and `-`, as in `privacy.redact_raw_line`. A string that holds JSON
 (`pipeline_runs.config_json`, Delta statistics) is parsed and its strings are scanned.
 Numeric columns are not scanned, because counts, times and token ids are numbers that equal
-small user ids by chance. Instead, no output column may carry a user column's source name.
+small user ids by chance, and so are Delta's commit metrics and Spark's expression ids, which
+are such numbers stored as strings. Instead, no output column may carry a user column's
+source name.
 Raw ids that the input also uses as item, category or time values are skipped, because an
 output legitimately contains those.
 """
