@@ -1,9 +1,9 @@
 """No raw user id of the input reaches any table or file that a pipeline run writes.
 
 Both end-to-end runs of the suite (the generated log and the real Taobao slice, fixtures in
-`conftest.py`) are scanned: every Parquet file under the run's root (Delta data and
-checkpoint files of every version, sequence, example and vocabulary shards), every Delta
-commit file and every JSON or text file of the model folders. The input itself is skipped:
+`conftest.py`) are scanned. The scan reads every Parquet file under the run's root: Delta
+data and checkpoint files of every version, and the sequence, example and vocabulary shards.
+It also reads every Delta commit file and every JSON or text file of the model folders. The input itself is skipped:
 `generated/` holds the generator's event log and planted interests.
 
 A raw id counts as found when it is a whole token of a string value: tokens are runs of
@@ -59,7 +59,7 @@ def input_ids(path: Path) -> tuple[set[str], set[str]]:
 
 
 def string_tokens(text: str) -> Iterator[str]:
-    """Yield the tokens of a string, and of the strings inside it when it holds JSON."""
+    """Yield the tokens of a string, or of the strings inside it when it contains JSON."""
     stripped = text.strip()
     if stripped[:1] in ("{", "["):
         try:
