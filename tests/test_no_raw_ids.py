@@ -33,9 +33,11 @@ from conftest import real_data_file
 
 TOKEN_SEPARATOR = re.compile(r"[^\w.-]+")
 
-USER_COLUMN_NAMES = {"user_id", "userid", "visitorid", "session", "session_id", "sessionid",
-                     "user_session", "raw_user_id"}
-"""Source names of user and session columns in the supported formats (lower case)."""
+USER_COLUMN_NAMES = {"user_id", "userid", "visitorid", "session", "sessionid", "user_session",
+                     "raw_user_id"}
+"""Source names of user and session columns in the supported formats (lower case).
+`session_id` is left out: in `sessions` it is the pipeline's own id, a SHA-256 of the
+pseudonym and the first event id."""
 
 TEXT_SUFFIXES = {".json", ".jsonl", ".crc", ".txt", ""}
 
