@@ -47,6 +47,9 @@ SKIPPED_JSON_KEYS = {"operationMetrics"}
 EXPRESSION_ID = re.compile(r"#\d+")
 """Spark expression ids in the predicates of Delta commits, such as `run_date#123`."""
 
+EXAMPLE_INDEX = re.compile(r"^([0-9a-f]{64}/(?:train|validation|test)/)\d+$")
+"""The index at the end of an example id `<user_key>/<split>/<index>`: a count, not an id."""
+
 
 def input_ids(path: Path) -> tuple[set[str], set[str]]:
     """Return (user ids, every other field value) of a Taobao-format CSV log."""
@@ -69,7 +72,7 @@ def string_tokens(text: str) -> Iterator[str]:
             return
         except ValueError:
             pass
-    text = EXPRESSION_ID.sub("", text)
+    text = EXAMPLE_INDEX.sub(r"\1", EXPRESSION_ID.sub("", text))
     yield from (token for token in TOKEN_SEPARATOR.split(text) if token)
 
 
@@ -119,8 +122,11 @@ def column_names(schema: pa.Schema) -> Iterator[str]:
 
 
 def output_files(root: Path) -> list[Path]:
+    """Return the files a run wrote, without its input and without Hadoop's binary checksum
+    files (`.<name>.crc`). Delta's own `.crc` files in `_delta_log` are JSON and are kept."""
     return sorted(path for path in root.rglob("*")
-                  if path.is_file() and path.relative_to(root).parts[0] != "generated")
+                  if path.is_file() and path.relative_to(root).parts[0] != "generated"
+                  and not (path.name.startswith(".") and path.name.endswith(".crc")))
 
 
 def scan_outputs(root: Path) -> tuple[dict[str, set[str]], dict[str, set[str]], int]:
