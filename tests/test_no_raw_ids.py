@@ -4,7 +4,7 @@ Both end-to-end runs of the suite (the generated log and the real Taobao slice, 
 `conftest.py`) are scanned. The scan reads every Parquet file under the run's root: Delta
 data and checkpoint files of every version, and the sequence, example and vocabulary shards.
 It also reads every Delta commit file and every JSON or text file of the model folders. The input itself is skipped:
-`generated/` holds the generator's event log and planted interests.
+`generated/` contains the generator's event log and planted interests.
 
 A raw id counts as found when it is a whole token of a string value: tokens are runs of
 letters, digits, `_`, `.` and `-`, as in `privacy.redact_raw_line`. A string that holds JSON
