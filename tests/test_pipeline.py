@@ -33,7 +33,7 @@ def test_real_run_quarantines_cut_off_line(spark, real_pipeline):
     stats = read_table(spark, real_pipeline, "ingest_runs").first()
 
     assert [(row["raw_line"], row["reason"]) for row in quarantine] == [
-        ("100370,1968385,1875258,pv", "malformed_row")]
+        (pseudonymize("100370", DEVELOPMENT_KEY) + ",1968385,1875258,pv", "malformed_row")]
     assert stats["lines_read"] == 84_476
     assert stats["lines_read"] == stats["accepted"] + stats["quarantined"] + stats["duplicates"]
     assert read_table(spark, real_pipeline, EVENTS_TABLE).count() == stats["accepted"]

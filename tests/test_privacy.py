@@ -5,7 +5,7 @@ from pyspark.sql import functions as F
 
 from behaviorgpt.config import PrivacyConfig
 from behaviorgpt.privacy import (DEVELOPMENT_KEY, MissingKeyError, pseudonymization_key,
-                                 pseudonymize, pseudonymize_column)
+                                 pseudonymize, pseudonymize_column, redact_raw_line)
 
 
 @pytest.mark.parametrize("key", [b"k", b"a-much-longer-secret-key-" * 4, b""])
@@ -73,3 +73,38 @@ def test_personal_columns_dropped(spark, tmp_path):
         assert rows, table
         for value in personal:
             assert not any(value in row for row in rows), (table, value)
+
+
+@pytest.mark.parametrize(("line", "user", "session", "expected"), [
+    ("7,70,1,pv", "7", None, "<U>,70,1,pv"),
+    ("7,7,1,pv", "7", None, "<U>,<U>,1,pv"),  # an item equal to the user id is hidden too
+    ("u.7,17,7.5,pv", "u.7", None, "<U>,17,7.5,pv"),
+    ('"a\\Eb",x', "a\\Eb", None, '"<U>",x'),
+    ('{"session":"s9","event":{"aid":"9"}}', "s9", "s9", '{"session":"<U>","event":{"aid":"9"}}'),
+    ("1,10,pv,s-5", "1", "s-5", "<U>,10,pv,<S>"),
+    (",1,pv", None, None, ",1,pv"),
+])
+def test_raw_line_ids_pseudonymized(spark, line, user, session, expected):
+    key = b"k"
+    frame = spark.createDataFrame([(line, user, session)], "line string, user string, "
+                                  "session string")
+
+    row = frame.select(redact_raw_line(F.col("line"), [F.col("user"), F.col("session")],
+                                       parsed=F.lit(True), key=key).alias("kept")).first()
+
+    if user:
+        expected = expected.replace("<U>", pseudonymize(user, key))
+    if session:
+        expected = expected.replace("<S>", pseudonymize(session, key))
+    assert row["kept"] == expected
+
+
+def test_unparsed_line_kept_as_digest(spark):
+    frame = spark.createDataFrame([("alice;1;pv",)], "line string")
+
+    row = frame.select(redact_raw_line(F.col("line"), [F.lit(None).cast("string")],
+                                       parsed=F.lit(False), key=b"k").alias("kept")).first()
+
+    digest = pseudonymize("alice;1;pv", b"k")
+    assert row["kept"] == f"<redacted line: 10 characters, HMAC-SHA256 {digest}>"
+    assert "alice" not in row["kept"]

@@ -340,7 +340,7 @@ def test_tables_read_without_spark(spark, scored_root):
 def test_catalog_name_rejected(spark, scored_root):
     layout = Layout.from_root(scored_root)
 
-    with pytest.raises(ValueError, match="catalog name 'bad-name; DROP' is invalid"):
+    with pytest.raises(ValueError, match="score.database = 'bad-name; DROP' is invalid"):
         register_table(spark, layout, PROFILES_TABLE, "bad-name; DROP")
 
 

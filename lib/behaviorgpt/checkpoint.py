@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from behaviorgpt.errors import MODEL_FIX, UNSAFE_WEIGHT_SUFFIXES, CorruptFileError
 from behaviorgpt.layout import Layout
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 
@@ -72,14 +73,27 @@ def save_checkpoint(model: BehaviorGPT, layout: Layout, model_version: str,
 
 
 def read_model_description(model_dir: str | Path) -> dict:
-    """Read `model_config.json` of a model folder."""
+    """Read `model_config.json` of a model folder.
+
+    Raises CorruptFileError (a ValueError) naming the file when it is truncated, not JSON, or
+    lacks the keys that loading needs.
+    """
     path = Path(model_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a trained model folder")
-    description = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptFileError(path, f"not valid JSON ({error})", MODEL_FIX) from None
+    if not isinstance(description, dict):
+        raise CorruptFileError(path, "not a JSON object", MODEL_FIX)
     if description.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {description.get('format_version')!r} is not "
                          f"supported; this code reads version {FORMAT_VERSION}")
+    missing = [key for key in ("model_version", "model") if key not in description]
+    if missing or not isinstance(description["model"], dict):
+        raise CorruptFileError(path, f"the keys {missing or ['model']} are missing or invalid",
+                               MODEL_FIX)
     return description
 
 
@@ -87,25 +101,39 @@ def load_checkpoint(model_dir: str | Path,
                     device: torch.device | str = "cpu") -> tuple[BehaviorGPT, dict]:
     """Build the model of a model folder, load its weights, and return it in eval mode.
 
-    Returns the model and the parsed `model_config.json`. Raises ValueError when
-    `model.safetensors` is not a safetensors file or its tensors do not fit the model.
+    Returns the model and the parsed `model_config.json`. Weights load only from
+    `model.safetensors` (no pickle, so loading runs no code from the file). Raises
+    CorruptFileError (a ValueError) naming the file when `model_config.json` or the weights
+    are truncated, garbled, of another format, or do not fit the described model.
     """
     description = read_model_description(model_dir)
-    model = BehaviorGPT(BehaviorGPTConfig.from_dict(description["model"]))
+    try:
+        model = BehaviorGPT(BehaviorGPTConfig.from_dict(description["model"]))
+    except (TypeError, ValueError, KeyError) as error:
+        raise CorruptFileError(Path(model_dir) / CONFIG_FILE,
+                               f"the model description is invalid ({error})", MODEL_FIX) from None
 
     weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():
+        others = sorted(path.name for path in Path(model_dir).glob("*")
+                        if path.suffix in UNSAFE_WEIGHT_SUFFIXES)
+        if others:
+            raise CorruptFileError(weights, f"missing, and {others} are not loaded because "
+                                   f"only safetensors weights are (pickle files can run code)",
+                                   "convert the weights with safetensors.torch.save_file, "
+                                   "or retrain")
         raise FileNotFoundError(f"{weights} not found; the model folder is incomplete")
     try:
         state = load_file(str(weights), device=str(device))
-    except SafetensorError as error:
-        raise ValueError(f"{weights} is not a valid safetensors file ({error}); only "
-                         f"safetensors weights are loaded") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CorruptFileError(weights, f"not a valid safetensors file ({error}); only "
+                               f"safetensors weights are loaded", MODEL_FIX) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"{weights} does not match the model described in {CONFIG_FILE}: "
-                         f"{error}") from None
+        first_line = str(error).splitlines()[0]
+        raise CorruptFileError(weights, f"does not match the model described in {CONFIG_FILE} "
+                               f"({first_line})", MODEL_FIX) from None
     return model.to(device).eval(), description
 
 

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from behaviorgpt.config import ConfigError, load_config
+from behaviorgpt.errors import CorruptFileError
 from behaviorgpt.pipeline import STAGES, RunContext, describe, run_stages
 
 log = logging.getLogger("behaviorgpt")
@@ -20,6 +21,9 @@ STAGE_HELP = {
     "gate": "make the new model the serving one unless its NDCG@10 dropped too far",
     "score": "write user_interest_profiles with the serving model (models/LATEST)",
 }
+
+MAINTENANCE_HELP = ("delete rows older than retention.days before --date from the tables "
+                    "that hold user data, then run Delta VACUUM (not part of `run`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", parents=[common], help="run every stage in order")
     for stage in STAGES:
         commands.add_parser(stage, parents=[common], help=STAGE_HELP[stage])
+    commands.add_parser("maintain", parents=[common], help=MAINTENANCE_HELP)
     return parser
 
 
@@ -87,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(context, stages))
         return 0
 
-    run_stages(context, stages, command=arguments.command)
+    try:
+        run_stages(context, stages, command=arguments.command)
+    except (CorruptFileError, ConfigError) as error:
+        # The message names the file or key and the fix; a stack trace would bury it.
+        print(f"behaviorgpt: error: {error}", file=sys.stderr)
+        return 1
     if arguments.command in ("run", "score"):
         print_summary(context)
     return 0

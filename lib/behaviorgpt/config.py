@@ -323,6 +323,24 @@ class PrivacyConfig:
         True, "Fall back to a fixed, public development key when the variable is unset.")
 
 
+DELTA_VACUUM_SAFETY_HOURS = 168.0
+"""Delta's default retention for VACUUM (`delta.deletedFileRetentionDuration`, 7 days): a
+shorter VACUUM fails unless `spark.databricks.delta.retentionDurationCheck.enabled` is false."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetentionConfig:
+    days: int = _option(
+        0, "Events older than this many days before the run date are left out of the "
+        "training sequences, and `behaviorgpt maintain` deletes them from the tables; 0 "
+        "keeps everything.", minimum=0)
+    vacuum_hours: float = _option(
+        DELTA_VACUUM_SAFETY_HOURS, "After deleting, `behaviorgpt maintain` runs Delta VACUUM, "
+        "which removes data files unreferenced for longer than this many hours. Below 168 "
+        "(Delta's 7-day safety window) Delta's check is turned off for that VACUUM, and a "
+        "reader or writer running longer than the window may fail.", minimum=0.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GeneratorConfig:
     users: int = _option(2000, "Users in the generated log.", minimum=1)
@@ -356,6 +374,7 @@ class PipelineConfig:
     quality_gate: QualityGateConfig = field(default_factory=QualityGateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def to_dict(self) -> dict:

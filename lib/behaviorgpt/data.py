@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from behaviorgpt.errors import PARQUET_READ_ERRORS, corrupt_parquet
 from behaviorgpt.tokens import PAD_ID
 
 STREAMS = ("item", "category", "event_type", "time_gap", "session_start")
@@ -182,18 +183,35 @@ def read_rank_sequences(sequences_dir: str | Path, rank: int, world_size: int) -
     paths = rank_shard_paths(sequences_dir, manifest, rank, world_size)
     if not paths:
         return EventSequences.from_arrow(_empty_shard_table(), manifest.max_len)
-    table = pa.concat_tables(pq.read_table(path, columns=["user_key", *STREAMS, "length"])
-                             for path in paths)
+    table = pa.concat_tables(_read_shard(path) for path in paths)
     return EventSequences.from_arrow(table, manifest.max_len)
+
+
+def _read_shard(path: Path) -> pa.Table:
+    """Read one shard's model columns; raise CorruptFileError naming it if it is unreadable."""
+    try:
+        return pq.read_table(path, columns=["user_key", *STREAMS, "length"])
+    except PARQUET_READ_ERRORS as error:
+        raise corrupt_parquet(path, error) from None
 
 
 def iter_shard_sequences(paths: Sequence[str | Path], max_len: int,
                          rows_per_chunk: int = 4096) -> Iterator[EventSequences]:
     """Stream shards chunk by chunk, so memory is bounded by `rows_per_chunk` users."""
     for path in paths:
-        shard = pq.ParquetFile(path)
-        for record_batch in shard.iter_batches(batch_size=rows_per_chunk,
-                                               columns=["user_key", *STREAMS, "length"]):
+        try:
+            batches = pq.ParquetFile(path).iter_batches(
+                batch_size=rows_per_chunk, columns=["user_key", *STREAMS, "length"])
+        except PARQUET_READ_ERRORS as error:
+            raise corrupt_parquet(path, error) from None
+        while True:
+            # A garbled page fails only when its batch is decoded, so each step is checked.
+            try:
+                record_batch = next(batches)
+            except StopIteration:
+                break
+            except PARQUET_READ_ERRORS as error:
+                raise corrupt_parquet(path, error) from None
             yield EventSequences.from_arrow(record_batch, max_len)
 
 

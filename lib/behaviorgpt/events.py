@@ -28,9 +28,10 @@ from behaviorgpt.config import IngestConfig
 from behaviorgpt.formats import (MAX_ID_LENGTH, TIME_IN_MILLISECONDS, UNPARSEABLE_TIME,
                                  parse_source, source_spec)
 from behaviorgpt.layout import EVENTS_TABLE, QUARANTINE_TABLE, Layout
-from behaviorgpt.privacy import pseudonymize_column
+from behaviorgpt.privacy import pseudonymize_column, redact_raw_line
 from behaviorgpt.tables import write_table
 from behaviorgpt.tokens import EVENT_TYPES
+from behaviorgpt.validation import sql_date
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,12 @@ def ingest_events(spark: SparkSession, input_path: str, layout: Layout, *,
     stats = _count(classified, unique)
     if settings.scope == "run_date":
         write_table(events, layout, EVENTS_TABLE, partition_by=["event_date"],
-                    replace_where=f"event_date = DATE'{run_date}'")
+                    replace_where=f"event_date = {sql_date(run_date, 'run_date')}")
     else:
         write_table(events, layout, EVENTS_TABLE, partition_by=["event_date"],
                     overwrite_partitions=True)
     write_table(quarantine, layout, QUARANTINE_TABLE, partition_by=["run_date"],
-                replace_where=f"run_date = DATE'{run_date}'")
+                replace_where=f"run_date = {sql_date(run_date, 'run_date')}")
     _write_stats(spark, layout, stats, input_path=input_path, run_id=run_id, run_date=run_date)
 
     unique.unpersist()
@@ -160,8 +161,12 @@ def classify(parsed: DataFrame, *, key: bytes, earliest_us: int, latest_us: int)
         time_us.cast("string"), F.coalesce(F.col("value").cast("string"), F.lit("")),
         F.coalesce("session_key", F.lit(""))), 256)
 
+    # The raw line goes to quarantine only, and never with the raw user or session id.
+    raw_line = redact_raw_line(
+        F.col("raw_line"), [F.col("user_id"), F.col("session_key")], key=key,
+        parsed=~F.col("malformed") | F.col("user_id").isNotNull())
     return parsed.select(
-        "raw_line", "source_file", reason.alias("reason"),
+        raw_line.alias("raw_line"), "source_file", reason.alias("reason"),
         event_id.alias("event_id"),
         user_key.alias("user_key"),
         "item_id", "category_id", "event_type",
@@ -227,4 +232,5 @@ def _write_stats(spark: SparkSession, layout: Layout, stats: IngestStats, *, inp
         "run_id string, source string, lines_read long, accepted long, quarantined long, "
         "duplicates long, other_dates long",
     ).withColumn("run_date", F.to_date(F.lit(run_date)))
-    write_table(frame, layout, INGEST_RUNS_TABLE, replace_where=f"run_date = DATE'{run_date}'")
+    write_table(frame, layout, INGEST_RUNS_TABLE,
+                replace_where=f"run_date = {sql_date(run_date, 'run_date')}")

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from behaviorgpt.validation import check_identifier, check_inside, check_name
+
 EVENTS_TABLE = "events"
 QUARANTINE_TABLE = "quarantine"
 SESSIONS_TABLE = "sessions"
@@ -43,8 +45,8 @@ class Layout:
         return cls(Path(root).expanduser().resolve())
 
     def table(self, name: str) -> Path:
-        """Path of the Delta table `name`."""
-        return self.root / "delta" / name
+        """Path of the Delta table `name`; raise ConfigError if `name` is no SQL identifier."""
+        return self.root / "delta" / check_identifier(name, "table name")
 
     def catalog_database_dir(self, database: str) -> Path:
         """Folder given as LOCATION to a Spark catalog database (it holds no table data:
@@ -83,7 +85,14 @@ class Layout:
         return self.root / "models"
 
     def model_dir(self, model_version: str) -> Path:
-        return self.models_dir / model_version
+        """Folder of one model version; raise ConfigError if the name could leave `models/`.
+
+        The version comes from the command line or a pointer file, so it is checked against
+        `validation.NAME`, and the folder must resolve inside `models/` (no symlink out).
+        """
+        folder = self.models_dir / check_name(model_version, "model version")
+        check_inside(folder, self.models_dir, f"model version {model_version}")
+        return folder
 
     def training_checkpoints_dir(self, model_version: str) -> Path:
         """Folder of the training-state checkpoints (`step-<n>/`) of one model version, which
@@ -104,7 +113,8 @@ class Layout:
         """Model version named in a pointer file (`LATEST`, `CANDIDATE`), or None if absent."""
         if not pointer.is_file():
             return None
-        return pointer.read_text(encoding="utf-8").strip() or None
+        version = pointer.read_text(encoding="utf-8").strip()
+        return check_name(version, str(pointer)) if version else None
 
     def point(self, pointer: Path, model_version: str) -> None:
         """Make a pointer file name `model_version`, atomically (write aside, then rename)."""

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from behaviorgpt.data import STREAMS, Batch, EventSequences
+from behaviorgpt.errors import PARQUET_READ_ERRORS, corrupt_parquet
 from behaviorgpt.tokens import PAD_ID
 
 LABEL_COLUMNS = ("example_id", "user_key", *STREAMS, "length", "num_inputs",
@@ -286,12 +287,17 @@ class ExampleStream(IterableDataset):
     def _read(self, units: list[tuple[int, int]]) -> Iterator[ExampleChunk]:
         datasets: dict[int, list] = {}
         for file_index, group in units:
-            if file_index not in datasets:
-                dataset = ds.dataset(str(self.files[file_index].path), format="parquet")
-                fragment = next(iter(dataset.get_fragments()))
-                datasets[file_index] = fragment.split_by_row_group()
-            row_group = datasets[file_index][group]
-            table = row_group.to_table(columns=list(LABEL_COLUMNS))
+            path = self.files[file_index].path
+            try:
+                if file_index not in datasets:
+                    dataset = ds.dataset(str(path), format="parquet")
+                    fragment = next(iter(dataset.get_fragments()))
+                    datasets[file_index] = fragment.split_by_row_group()
+                row_group = datasets[file_index][group]
+                table = row_group.to_table(columns=list(LABEL_COLUMNS))
+            except (*PARQUET_READ_ERRORS, IndexError) as error:
+                # IndexError: the file has fewer row groups than the manifest lists.
+                raise corrupt_parquet(path, error) from None
             if table.num_rows:
                 yield ExampleChunk.from_arrow(table, self.max_len)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from behaviorgpt.config import PipelineConfig
-from behaviorgpt.layout import (EVENTS_TABLE, MODEL_METRICS_TABLE, PROFILES_TABLE,
+from behaviorgpt.layout import (EVENTS_TABLE, MODEL_METRICS_TABLE, PROFILES_HISTORY_TABLE,
+                                PROFILES_TABLE,
                                 QUARANTINE_TABLE, SESSIONS_TABLE, Layout)
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ STAGE_TABLES = {
     "evaluate": ((), (MODEL_METRICS_TABLE,)),
     "gate": ((), ()),
     "score": ((), (PROFILES_TABLE,)),
+    "maintain": ((), (EVENTS_TABLE, SESSIONS_TABLE, QUARANTINE_TABLE, PROFILES_TABLE,
+                      PROFILES_HISTORY_TABLE)),
 }
 """Delta tables each stage reads and writes, as (read, written); `pipeline_runs` records their
 versions. The torch stages read Parquet shards and model folders, recorded as model versions."""
@@ -126,12 +129,14 @@ def run_sessionize(context: RunContext):
 
 
 def run_sequences(context: RunContext):
+    from behaviorgpt.retention import within_retention
     from behaviorgpt.sequences import build_sequences, example_settings
     from behaviorgpt.tables import read_table
 
     spark = context.get_spark()
     settings = context.config.sequences
-    sessions = read_table(spark, context.layout, SESSIONS_TABLE)
+    sessions = within_retention(read_table(spark, context.layout, SESSIONS_TABLE),
+                                context.run_date, context.config.retention.days)
     return build_sequences(spark, sessions, context.layout, max_len=settings.max_len,
                            min_item_count=settings.min_item_count,
                            num_shards=settings.num_shards, oov_buckets=settings.oov_buckets,
@@ -170,6 +175,7 @@ def run_train(context: RunContext) -> str:
     if resume:
         arguments.append("--resume")
 
+    check_shard_files(context.layout, "examples")
     if settings.launcher == "spark":
         _train_with_spark(context, arguments)
     else:
@@ -231,6 +237,7 @@ def run_evaluate(context: RunContext) -> dict:
     has_candidate = layout.pointed_version(layout.candidate_model_file) is not None
     model_dir = layout.candidate_model_dir() if has_candidate else layout.latest_model_dir()
 
+    check_shard_files(layout, "shards")
     write_cooccurrence(context.get_spark(), layout, settings.cooccurrence_neighbours)
     single_task_dir = train_single_task(context, model_dir.name) \
         if settings.single_task_baseline else None
@@ -334,6 +341,8 @@ def run_score(context: RunContext) -> str:
     spark = context.get_spark()
     layout = context.layout
     model_dir = layout.latest_model_dir()
+    check_model_folder(model_dir)
+    check_shard_files(layout, "shards")
     sequences = spark.read.parquet(str(layout.sequences_dir / "shards"))
 
     # After the gate kept an older model, tonight's token ids mean other items to that model.
@@ -357,6 +366,37 @@ def run_score(context: RunContext) -> str:
     return str(context.layout.table(PROFILES_TABLE))
 
 
+def check_shard_files(layout: Layout, kind: str) -> None:
+    """Raise CorruptFileError before a stage starts when a Parquet file it reads is damaged.
+
+    `kind` is `shards` (the token sequences) or `examples` (the training examples). Checking
+    on the driver turns a damaged file into one clear error, instead of a failure deep inside
+    a torchrun child or a Spark task.
+    """
+    from behaviorgpt.errors import check_parquet_files
+
+    check_parquet_files(sorted((layout.sequences_dir / kind).rglob("*.parquet")))
+
+
+def check_model_folder(model_dir: Path) -> None:
+    """Load the model once on the driver, so a damaged model folder fails before Spark tasks do."""
+    from behaviorgpt.checkpoint import load_checkpoint
+
+    load_checkpoint(model_dir)
+
+
+def run_maintain(context: RunContext) -> dict:
+    """Delete rows older than `retention.days` and VACUUM the tables (`behaviorgpt maintain`).
+
+    Not part of `run`: the operator schedules it, for example weekly. Returns the rows
+    deleted per table.
+    """
+    from behaviorgpt.retention import apply_retention
+
+    return apply_retention(context.get_spark(), context.layout, context.run_date,
+                           context.config.retention)
+
+
 STAGE_FUNCTIONS = {
     "ingest": run_ingest,
     "sessionize": run_sessionize,
@@ -365,6 +405,7 @@ STAGE_FUNCTIONS = {
     "evaluate": run_evaluate,
     "gate": run_gate,
     "score": run_score,
+    "maintain": run_maintain,
 }
 
 

@@ -68,3 +68,37 @@ def pseudonymize_column(column: Column, key: bytes) -> Column:
     message = F.encode(column, "UTF-8")
     inner_hash = F.unhex(F.sha2(F.concat(F.lit(inner_pad), message), 256))
     return F.sha2(F.concat(F.lit(outer_pad), inner_hash), 256)
+
+
+_ID_CHARACTER = r"[\p{L}\p{N}_.-]"
+"""Characters that continue an id token: a match must not touch one on either side."""
+
+
+def redact_raw_line(raw_line: Column, identities: list[Column], *, parsed: Column,
+                    key: bytes) -> Column:
+    """Return the raw line with every identifying id replaced by its pseudonym.
+
+    When the line parsed far enough (`parsed` is true), each whole-token occurrence of each
+    non-null value of `identities` (the raw user id, the source session id) is replaced by
+    `pseudonymize` of it, the same value that `events.user_key` and `session_key` carry, so
+    a quarantined line still links to the user's accepted events. When it did not, the
+    user's id may sit anywhere in it, so only `<redacted line: N characters, HMAC-SHA256
+    hex>` is kept: the digest tells equal lines apart and the length hints at truncation,
+    but neither identifies the user.
+
+    NOTE: a line split into more fields than the format has may hold the raw id in another
+    field than the user column; it is replaced only where it equals the parsed user field.
+    """
+    redacted = raw_line
+    for identity in identities:
+        # \Q...\E quotes the id for Java regex; an id containing \E is split around it.
+        quoted = F.concat(F.lit("\\Q"), F.replace(identity, F.lit("\\E"),
+                                                    F.lit("\\E\\\\E\\Q")), F.lit("\\E"))
+        pattern = F.concat(F.lit(f"(?<!{_ID_CHARACTER})"), quoted, F.lit(f"(?!{_ID_CHARACTER})"))
+        replaced = F.regexp_replace(redacted, pattern, pseudonymize_column(identity, key))
+        redacted = F.when(identity.isNull() | (identity == ""), redacted).otherwise(replaced)
+
+    digest = F.concat(F.lit("<redacted line: "), F.length(raw_line).cast("string"),
+                      F.lit(" characters, HMAC-SHA256 "), pseudonymize_column(raw_line, key),
+                      F.lit(">"))
+    return F.when(parsed, redacted).otherwise(digest)

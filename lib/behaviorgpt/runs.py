@@ -42,6 +42,7 @@ from pyspark.sql import types as T
 
 from behaviorgpt.layout import PIPELINE_RUNS_TABLE, Layout
 from behaviorgpt.tables import table_version, write_table
+from behaviorgpt.validation import sql_string
 
 log = logging.getLogger(__name__)
 
@@ -203,5 +204,6 @@ class RunRecorder:
         """Write this invocation's row, replacing an earlier attempt with the same key."""
         frame = spark.createDataFrame([self.row(layout, error)], SCHEMA)
         write_table(frame, layout, PIPELINE_RUNS_TABLE, partition_by=["run_date"],
-                    replace_where=f"run_id = '{self.run_id}' AND command = '{self.command}'")
+                    replace_where=(f"run_id = {sql_string(self.run_id, '--run-id')} AND "
+                                   f"command = {sql_string(self.command, 'command')}"))
         log.info("recorded run %s (%s) in %s", self.run_id, self.command, PIPELINE_RUNS_TABLE)

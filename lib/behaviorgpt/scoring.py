@@ -31,10 +31,12 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from behaviorgpt.config import ScoreConfig
+from behaviorgpt.errors import MODEL_FIX, CorruptFileError
 from behaviorgpt.layout import PROFILES_HISTORY_TABLE, PROFILES_TABLE, Layout
 from behaviorgpt.tables import (deduplicate, merge_table, read_table, register_table,
                                 retry_commit_conflicts, write_table)
 from behaviorgpt.tokens import EVENT_TYPES
+from behaviorgpt.validation import sql_date
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ def write_profiles(spark: SparkSession, profiles: DataFrame, layout: Layout, *, 
                 .join(scored.select("user_key"), "user_key", "left_anti"))
         rows = scored.unionByName(kept)
         write_table(rows, layout, PROFILES_HISTORY_TABLE, partition_by=["run_date"],
-                    replace_where=f"run_date = DATE'{day.isoformat()}'")
+                    replace_where=f"run_date = {sql_date(day.isoformat(), 'run_date')}")
 
     _, history_attempts = retry_commit_conflicts(
         replace_history, table=PROFILES_HISTORY_TABLE, attempts=settings.commit_attempts,
@@ -190,8 +192,16 @@ def write_profiles(spark: SparkSession, profiles: DataFrame, layout: Layout, *, 
 
 
 def read_model_version(model_dir: Path) -> str:
+    """Return the model version named in a model folder's `model_config.json`.
+
+    Raises CorruptFileError naming the file when it is not JSON with a `model_version`.
+    """
     config_path = Path(model_dir) / "model_config.json"
-    return json.loads(config_path.read_text(encoding="utf-8"))["model_version"]
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))["model_version"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CorruptFileError(config_path, f"no readable model_version ({error!r})",
+                               MODEL_FIX) from None
 
 
 def _output_frame(frame: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:

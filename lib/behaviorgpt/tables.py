@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import logging
 import random
-import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from behaviorgpt.layout import MODEL_METRICS_COLUMNS, MODEL_METRICS_TABLE, Layout
+from behaviorgpt.validation import check_identifier, quote_identifier, sql_path
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,6 @@ COMMIT_CONFLICTS = (DeltaConcurrentModificationException, ConcurrentWriteExcepti
                     ConcurrentDeleteDeleteException, ConcurrentTransactionException)
 """Delta's commit-conflict exceptions (delta-spark 4.4). In Python they share no base class
 besides PySparkException, so they are listed one by one."""
-
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-"""Database and table names accepted for catalog registration; they are spliced into SQL."""
 
 Result = TypeVar("Result")
 
@@ -157,7 +154,9 @@ def merge_table(spark: SparkSession, source: DataFrame, layout: Layout, name: st
 
     path = str(layout.table(name))
     unique = deduplicate(source, key, newest_first=newest_first)
-    newer_or_equal = newest_first[0]
+    # Column names enter the MERGE condition as SQL text, so each is checked and quoted.
+    key_column = quote_identifier(key, "merge key")
+    newer_or_equal = quote_identifier(newest_first[0], "merge ordering column")
 
     def upsert() -> None:
         # Creating inside the retried operation: two first runs may race to create the table.
@@ -166,9 +165,9 @@ def merge_table(spark: SparkSession, source: DataFrame, layout: Layout, name: st
         source.limit(0).write.format("delta").mode("ignore").save(path)
         target = DeltaTable.forPath(spark, path)
         (target.alias("target")
-         .merge(unique.alias("source"), f"target.`{key}` = source.`{key}`")
+         .merge(unique.alias("source"), f"target.{key_column} = source.{key_column}")
          .whenMatchedUpdateAll(
-             condition=f"source.`{newer_or_equal}` >= target.`{newer_or_equal}`")
+             condition=f"source.{newer_or_equal} >= target.{newer_or_equal}")
          .whenNotMatchedInsertAll()
          .execute())
 
@@ -178,11 +177,9 @@ def merge_table(spark: SparkSession, source: DataFrame, layout: Layout, name: st
     return used
 
 
-def check_catalog_name(identifier: str) -> None:
-    """Raise ValueError unless `identifier` is safe to splice into SQL as a catalog name."""
-    if not IDENTIFIER.fullmatch(identifier):
-        raise ValueError(f"catalog name {identifier!r} is invalid: use letters, digits and "
-                         f"underscores, starting with a letter or underscore (score.database)")
+def check_catalog_name(identifier: str, key: str = "score.database") -> None:
+    """Raise ConfigError (a ValueError) unless `identifier` is safe in SQL as a catalog name."""
+    check_identifier(identifier, key)
 
 
 def register_table(spark: SparkSession, layout: Layout, name: str, database: str) -> str:
@@ -196,18 +193,14 @@ def register_table(spark: SparkSession, layout: Layout, name: str, database: str
     exists is kept even when it points at another root, so one catalog database should serve
     one `paths.root`.
     """
-    for identifier in (database, name):
-        check_catalog_name(identifier)
-    location = str(layout.table(name))
-    database_dir = str(layout.catalog_database_dir(database))
-    for path in (location, database_dir):
-        if "'" in path or "\\" in path:
-            raise ValueError(f"path {path!r} contains a quote or backslash, which cannot be "
-                             f"registered in the catalog safely. Fix: choose another paths.root")
+    database_name = quote_identifier(database, "score.database")
+    table_name = quote_identifier(name, "table name")
+    location = sql_path(layout.table(name), "paths.root")
+    database_dir = sql_path(layout.catalog_database_dir(database), "paths.root")
 
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}` LOCATION '{database_dir}'")
-    spark.sql(f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA "
-              f"LOCATION '{location}'")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database_name} LOCATION {database_dir}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {database_name}.{table_name} USING DELTA "
+              f"LOCATION {location}")
     return f"{database}.{name}"
 
 
