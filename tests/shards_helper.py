@@ -158,3 +158,33 @@ def write_dataset(root: Path, users: list[dict], shard_sizes: list[int], max_len
     write_examples(sequences_dir, users, shard_sizes, max_len)
     write_vocab(sequences_dir / "vocab", num_items, num_categories)
     return sequences_dir
+
+
+def train_in_process(root: Path, monkeypatch, model_version: str, *settings: str) -> dict:
+    """Train on the dataset under `root` in this process, without torchrun; return the
+    saved model's description (`model_config.json`).
+
+    The torchrun variables are removed so that `behaviorgpt.train.main` runs as a single
+    rank, and torch's thread count is restored afterwards because `main` sets it.
+    """
+    import torch
+
+    from behaviorgpt.checkpoint import load_checkpoint
+    from behaviorgpt.layout import Layout
+    from behaviorgpt.train import main
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+
+    arguments = ["--profile", "local", "--model-version", model_version,
+                 "--set", f"paths.root={root}"]
+    for setting in settings:
+        arguments += ["--set", setting]
+    try:
+        main(arguments)
+    finally:
+        torch.set_num_threads(threads)
+
+    _, description = load_checkpoint(Layout.from_root(root).model_dir(model_version))
+    return description

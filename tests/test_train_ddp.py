@@ -16,14 +16,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from behaviorgpt.checkpoint import load_checkpoint
 from behaviorgpt.evaluate import evaluate_leave_one_out
 from behaviorgpt.inference import load_model, predict_next
 from behaviorgpt.layout import Layout
-from behaviorgpt.train import main
-from shards_helper import synthetic_users, write_dataset
+from shards_helper import synthetic_users, train_in_process, write_dataset
 
 NUM_ITEMS = 1004
 NUM_CATEGORIES = 24
@@ -121,17 +119,9 @@ def test_category_head_ranks_dominant_category(trained):
 def test_single_process_run_without_torchrun(tmp_path, monkeypatch):
     users, _ = synthetic_users(40, 104, 12, min_length=5, max_length=20, seed=2)
     write_dataset(tmp_path, users, [25, 15], 20, 104, 12)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
 
-    try:
-        main(["--profile", "local", "--model-version", "solo", "--set", f"paths.root={tmp_path}",
-              "--set", "train.epochs=1"])
-    finally:
-        torch.set_num_threads(threads)
+    description = train_in_process(tmp_path, monkeypatch, "solo", "train.epochs=1")
 
-    _, description = load_checkpoint(Layout.from_root(tmp_path).model_dir("solo"))
     assert description["training"]["world_size"] == 1
     assert description["training"]["train_sequences_per_epoch"] == 40
 
@@ -139,18 +129,10 @@ def test_single_process_run_without_torchrun(tmp_path, monkeypatch):
 def test_max_steps_caps_each_epoch(tmp_path, monkeypatch):
     users, _ = synthetic_users(40, 104, 12, min_length=5, max_length=20, seed=2)
     write_dataset(tmp_path, users, [25, 15], 20, 104, 12)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
 
-    try:
-        main(["--profile", "local", "--model-version", "capped", "--set", f"paths.root={tmp_path}",
-              "--set", "train.epochs=2", "--set", "train.batch_size=8",
-              "--set", "train.max_steps=2"])
-    finally:
-        torch.set_num_threads(threads)
+    description = train_in_process(tmp_path, monkeypatch, "capped", "train.epochs=2",
+                                   "train.batch_size=8", "train.max_steps=2")
 
-    _, description = load_checkpoint(Layout.from_root(tmp_path).model_dir("capped"))
     # 40 users in batches of 8 would be 5 steps; the cap stops each epoch after 2.
     assert description["training"]["batches_per_rank_per_epoch"] == [2]
     assert description["training"]["train_sequences_per_epoch"] == 16

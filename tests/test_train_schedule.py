@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from behaviorgpt.aggregation import make_strategy
-from behaviorgpt.checkpoint import load_checkpoint
 from behaviorgpt.config import ConfigError, load_config
 from behaviorgpt.data import EventSequences, make_batch
 from behaviorgpt.layout import Layout
@@ -19,8 +18,8 @@ from behaviorgpt.losses import TASKS, MultiTaskLoss
 from behaviorgpt.model import BehaviorGPT, BehaviorGPTConfig
 from behaviorgpt.multitask import Trainer
 from behaviorgpt.pipeline import newest_unfinished_version
-from behaviorgpt.train import estimate_total_steps, learning_rate_factor, main
-from shards_helper import synthetic_users, write_dataset
+from behaviorgpt.train import estimate_total_steps, learning_rate_factor
+from shards_helper import synthetic_users, train_in_process, write_dataset
 
 
 def test_schedule_warms_up_then_decays():
@@ -93,20 +92,13 @@ def test_ratio_above_one_names_bound():
 def test_early_stopping_ends_run(tmp_path, monkeypatch):
     users, _ = synthetic_users(40, 104, 12, min_length=5, max_length=20, seed=2)
     write_dataset(tmp_path, users, [25, 15], 20, 104, 12)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
 
     # A learning rate of 0 never improves validation HR@10 after the first epoch.
-    try:
-        main(["--profile", "local", "--model-version", "stopped", "--set",
-              f"paths.root={tmp_path}", "--set", "train.epochs=5", "--set",
-              "train.learning_rate=0.0", "--set", "train.early_stopping_patience=2",
-              "--set", "train.loader_workers=0"])
-    finally:
-        torch.set_num_threads(threads)
+    description = train_in_process(tmp_path, monkeypatch, "stopped", "train.epochs=5",
+                                   "train.learning_rate=0.0",
+                                   "train.early_stopping_patience=2",
+                                   "train.loader_workers=0")
 
-    _, description = load_checkpoint(Layout.from_root(tmp_path).model_dir("stopped"))
     assert description["training"]["epochs_run"] == 3
     assert description["training"]["selected_epoch"] == 1
     assert [record["epoch"] for record in description["training"]["history"]] == [1, 2, 3]
