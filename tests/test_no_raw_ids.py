@@ -7,7 +7,7 @@ It also reads every Delta commit file and every JSON or text file of the model f
 `generated/` contains the generator's event log and planted interests.
 
 A raw id counts as found when it is a whole token of a string value: tokens are runs of
-letters, digits, `_`, `.` and `-`, as in `privacy.redact_raw_line`. A string that holds JSON
+letters, digits, `_`, `.` and `-`, as in `privacy.redact_raw_line`. A string that contains JSON
 (`pipeline_runs.config_json`, Delta statistics) is parsed and its strings are scanned.
 Numeric columns are not scanned, because counts, times and token ids are numbers that equal
 small user ids by chance, and so are Delta's commit metrics and Spark's expression ids, which

@@ -25,7 +25,8 @@ class CorruptFileError(ValueError):
 
 
 PARQUET_READ_ERRORS = (pa.ArrowException, OSError)
-"""What pyarrow raises on a truncated or garbled Parquet file (ArrowInvalid, ArrowIOError)."""
+"""Exceptions that pyarrow raises on a truncated or garbled Parquet file (ArrowInvalid,
+ArrowIOError)."""
 
 MODEL_FIX = ("retrain with `behaviorgpt train`, or point models/LATEST at an intact model "
              "folder")

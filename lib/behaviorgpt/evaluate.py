@@ -166,7 +166,7 @@ def window_task_metrics(model: BehaviorGPT, sequences: EventSequences, view: str
 
 @dataclass
 class ShardResult:
-    """What one shard contributes: ranking sums per method and segment, head scores."""
+    """Contribution of one shard: ranking sums per method and segment, and head scores."""
 
     ranking: dict[str, dict[str, RankSums]] = field(default_factory=dict)
     purchase_logits: list[np.ndarray] = field(default_factory=list)
