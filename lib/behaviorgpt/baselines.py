@@ -7,8 +7,8 @@
   backed off to the most popular items when that item has fewer neighbours.
 
 Training positions are each user's first length-2 events: the validation and test events
-(the last two) are never counted, so no target enters a baseline's counts. This module imports neither
-torch nor pyspark.
+(the last two) are never counted, so no target enters a baseline's counts. This module
+imports neither torch nor pyspark.
 """
 
 from __future__ import annotations
